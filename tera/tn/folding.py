@@ -157,8 +157,8 @@ def mode_unfold(tensor: Array, n: int) -> Array:
     """
     check_array(tensor, "tensor")
     n = check_mode(n, tensor.ndim)
-    size = tensor.shape[n]
-    return moveaxis(tensor, n, 0).reshape(size, math.prod(tensor.shape) // size if size else 0)
+    others = math.prod(s for m, s in enumerate(tensor.shape) if m != n)
+    return moveaxis(tensor, n, 0).reshape(tensor.shape[n], others)
 
 
 def mode_fold(matrix: Array, n: int, shape: Sequence[int]) -> Array:

@@ -105,7 +105,8 @@ def multi_mode_product(
     matrices : sequence of numpy.ndarray or torch.Tensor
         Matrices ``B_j`` of shape ``(I_{m_j}, J_{m_j})`` (paper convention).
     modes : sequence of int, optional
-        The mode of each matrix; defaults to ``0, 1, ..., len(matrices) - 1``.
+        The mode of each matrix; defaults to ``0, 1, ..., len(matrices) - 1``. An empty
+        list of matrices returns ``tensor`` unchanged.
 
     Returns
     -------
@@ -121,6 +122,8 @@ def multi_mode_product(
     (6, 3, 1)
     """
     check_array(tensor, "tensor")
+    if isinstance(matrices, Sequence) and len(matrices) == 0:
+        return tensor  # no products: the identity
     mats: list[Array] = check_matrices(matrices, "matrices")
     check_same_backend([tensor, *mats], ["tensor", *(f"matrices[{i}]" for i in range(len(mats)))])
     if modes is None:

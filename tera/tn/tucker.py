@@ -167,7 +167,7 @@ def _check_ranks(ranks: int | Sequence[int] | None, shape: tuple[int, ...]) -> t
             f"shape {shape}; give one rank per mode"
         )
     for i, (r, size) in enumerate(zip(rank_t, shape, strict=True)):
-        limit = min(size, math.prod(shape) // size if size else 0)
+        limit = min(size, math.prod(s for j, s in enumerate(shape) if j != i))
         if not 1 <= r <= limit:
             raise RankError(
                 f"rank R_{i + 1} = {r} is invalid for mode {i} of shape {shape}: it must lie in "
