@@ -56,6 +56,11 @@ def rank_bound(ranks: Sequence[int], k: int) -> int:
     k : int
         Number of leading modes that form the rows, ``1 <= k < N``.
 
+    Returns
+    -------
+    int
+        The bound; ``min(J1, J2)`` (full rank) when ``R_i = I_i``.
+
     Examples
     --------
     >>> from tera.theory import rank_bound
@@ -83,6 +88,15 @@ def tera_modes(
 
     Equal modes come from :func:`tera.tn.split_dim` (``in_mode``/``out_mode``); explicit,
     unequal modes may be given instead (``in_modes``/``out_modes``).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        The layer's input and output sizes.
+    in_mode, out_mode : int, optional
+        Equal mode sizes; a mode size >= the dimension keeps it whole.
+    in_modes, out_modes : sequence of int, optional
+        Explicit modes whose product is the dimension.
 
     Returns
     -------
@@ -130,6 +144,22 @@ def tera_parameter_count(
 ) -> int:
     """Trainable parameters of one TeRA layer: ``sum R_i`` (``R_i = I_i`` by default).
 
+    Parameters
+    ----------
+    in_features, out_features : int
+        The layer's input and output sizes.
+    in_mode, out_mode : int, optional
+        Equal mode sizes (see :func:`tera_modes`).
+    in_modes, out_modes : sequence of int, optional
+        Explicit modes instead.
+    ranks : sequence of int, optional
+        Tucker ranks ``R_i <= I_i``; defaults to the modes themselves.
+
+    Returns
+    -------
+    int
+        ``sum R_i``.
+
     Examples
     --------
     >>> from tera.theory import tera_parameter_count
@@ -152,6 +182,18 @@ def tera_parameter_count(
 def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
     """Trainable parameters of one LoRA layer: ``r * (in + out)`` (A is r x in, B out x r).
 
+    Parameters
+    ----------
+    in_features, out_features : int
+        The layer's input and output sizes.
+    r : int
+        LoRA rank.
+
+    Returns
+    -------
+    int
+        The number of trainable values.
+
     Examples
     --------
     >>> from tera.theory import lora_parameter_count
@@ -164,6 +206,18 @@ def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
 
 def vera_parameter_count(in_features: int, out_features: int, r: int) -> int:
     """Trainable parameters of one VeRA layer: ``out + r`` (vectors b and d).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        The layer's input and output sizes.
+    r : int
+        VeRA rank (size of the shared random projections).
+
+    Returns
+    -------
+    int
+        The number of trainable values.
 
     Examples
     --------
@@ -178,6 +232,18 @@ def vera_parameter_count(in_features: int, out_features: int, r: int) -> int:
 def hira_parameter_count(in_features: int, out_features: int, r: int) -> int:
     """Trainable parameters of one HiRA layer: ``r * (in + out)`` (as LoRA, used in W0 ⊙ BA).
 
+    Parameters
+    ----------
+    in_features, out_features : int
+        The layer's input and output sizes.
+    r : int
+        HiRA rank.
+
+    Returns
+    -------
+    int
+        The number of trainable values.
+
     Examples
     --------
     >>> from tera.theory import hira_parameter_count
@@ -189,6 +255,18 @@ def hira_parameter_count(in_features: int, out_features: int, r: int) -> int:
 
 def params_percent(trainable: int, base_total: int) -> float:
     """The paper's "Params (%)": ``100 * trainable / (base_total + trainable)``.
+
+    Parameters
+    ----------
+    trainable : int
+        Trainable adapter parameters.
+    base_total : int
+        All parameters of the base model.
+
+    Returns
+    -------
+    float
+        The percentage.
 
     Examples
     --------
@@ -222,6 +300,16 @@ class TeraErrorBound(NamedTuple):
     vectors : list of numpy.ndarray
         ``d_1 .. d_N`` from the rank-1 approximation of ``Fold(Z)`` (the scale is folded into
         ``d_1``); the TeRA update they give has error at most ``bound``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tera.theory import tera_error_bound
+    >>> rng = np.random.default_rng(0)
+    >>> G, A = rng.standard_normal((2, 2)), [np.eye(2), np.eye(2)]
+    >>> b = tera_error_bound(rng.standard_normal((2, 2)), G, A, k=1)
+    >>> bool(np.isclose(b.bound, b.subspace_error + b.in_subspace_bound))
+    True
     """
 
     bound: float

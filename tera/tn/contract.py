@@ -166,6 +166,20 @@ def contract(equation: str, *operands: Array, optimize: str = "auto") -> Array:
     Works on numpy arrays and torch tensors (autograd intact); all operands must be of
     one kind and, for torch, on one device.
 
+    Parameters
+    ----------
+    equation : str
+        Einsum equation, e.g. ``"ij,jk->ik"``.
+    *operands : numpy.ndarray or torch.Tensor
+        The arrays to contract.
+    optimize : str
+        opt_einsum path strategy used when the shapes are planned for the first time.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        The contraction, of the operands' kind.
+
     Examples
     --------
     >>> import numpy as np
@@ -179,10 +193,27 @@ def contract(equation: str, *operands: Array, optimize: str = "auto") -> Array:
 
 
 def plan_cache_info() -> Any:
-    """Hit/miss statistics of the plan cache (``functools.lru_cache`` info)."""
+    """Hit/miss statistics of the plan cache (``functools.lru_cache`` info).
+
+    Examples
+    --------
+    >>> from tera.tn import clear_plan_cache, plan, plan_cache_info
+    >>> clear_plan_cache()
+    >>> _ = plan("ij,jk->ik", (2, 3), (3, 4)); _ = plan("ij,jk->ik", (2, 3), (3, 4))
+    >>> plan_cache_info().hits, plan_cache_info().misses
+    (1, 1)
+    """
     return _cached_plan.cache_info()
 
 
 def clear_plan_cache() -> None:
-    """Forget every cached plan."""
+    """Forget every cached plan (e.g. to measure planning time).
+
+    Examples
+    --------
+    >>> from tera.tn import clear_plan_cache, plan_cache_info
+    >>> clear_plan_cache()
+    >>> plan_cache_info().currsize
+    0
+    """
     _cached_plan.cache_clear()

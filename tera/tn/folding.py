@@ -237,6 +237,18 @@ def suggest_modes(size: int, mode_size: int) -> tuple[int, ...]:
     Useful when ``size`` is not a power of ``mode_size``: the result can be passed as
     explicit, unequal modes. A prime factor larger than ``mode_size`` stays as it is.
 
+    Parameters
+    ----------
+    size : int
+        The dimension to split.
+    mode_size : int
+        The largest mode wanted.
+
+    Returns
+    -------
+    tuple of int
+        Modes in decreasing order whose product is ``size``.
+
     Examples
     --------
     >>> from tera.tn import suggest_modes
