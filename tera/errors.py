@@ -17,9 +17,15 @@ mode 3 is out of range for an order-2 tensor; use 0 or 1
 from __future__ import annotations
 
 __all__ = [
+    "AdapterStateError",
     "BackendError",
+    "DTypeError",
+    "FingerprintError",
+    "LoadError",
+    "MergeError",
     "RankError",
     "ShapeError",
+    "TargetError",
     "TensorizationError",
     "TeraError",
 ]
@@ -43,3 +49,27 @@ class RankError(TeraError, ValueError):
 
 class BackendError(TeraError, TypeError):
     """Inputs are not numpy arrays / torch tensors, or mix the two."""
+
+
+class TargetError(TeraError, ValueError):
+    """``target_modules`` matched nothing, or matched a module that cannot be adapted."""
+
+
+class AdapterStateError(TeraError, ValueError):
+    """An operation does not fit the adapter's state (adapting twice, merging twice, ...)."""
+
+
+class MergeError(TeraError, ValueError):
+    """Merging would write NaN/inf or otherwise corrupt the base weights."""
+
+
+class LoadError(TeraError, ValueError):
+    """A saved adapter cannot be loaded as it is (missing/corrupt files, other shapes, ...)."""
+
+
+class FingerprintError(LoadError):
+    """The frozen shared factors differ from the ones the adapter was trained with."""
+
+
+class DTypeError(TeraError, TypeError):
+    """A tensor has a dtype the operation does not support (e.g. integer weights)."""

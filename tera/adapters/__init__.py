@@ -1,0 +1,44 @@
+"""``tera.adapters``: TeRA, VeRA, HiRA and LoRA on one engine, one factory, one save format.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> from tera.adapters import TeRAConfig, adapt
+>>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+>>> model = adapt(model, TeRAConfig(in_mode=64, out_mode=4, target_modules=["0"]))
+>>> model.print_trainable_parameters()   # d vectors for modes (64 | 4, 4, 4)
+trainable params: 76 || all params: 4,886 || trainable%: 1.5555
+"""
+
+from tera.adapters.config import (
+    DEFAULT_TARGET_MODULES,
+    AdapterConfig,
+    HiRAConfig,
+    LoRAConfig,
+    TeRAConfig,
+    VeRAConfig,
+    config_from_dict,
+)
+from tera.adapters.io import load_adapter as from_pretrained
+from tera.adapters.io import save_adapter
+from tera.adapters.layer import AdapterLinear
+from tera.adapters.model import AdaptedModel, ParameterReport, adapt, find_targets, parameter_report
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "AdaptedModel",
+    "AdapterConfig",
+    "AdapterLinear",
+    "HiRAConfig",
+    "LoRAConfig",
+    "ParameterReport",
+    "TeRAConfig",
+    "VeRAConfig",
+    "adapt",
+    "config_from_dict",
+    "find_targets",
+    "from_pretrained",
+    "parameter_report",
+    "save_adapter",
+]

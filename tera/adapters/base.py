@@ -1,0 +1,103 @@
+"""The contract every adapter fulfils: trainable operands, shared factors, a network."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from tera.adapters.config import AdapterConfig
+from tera.adapters.engine import Network
+from tera.adapters.factors import SharedFactors, counter_uniform
+
+__all__ = ["Adapter", "kaiming_uniform"]
+
+
+def kaiming_uniform(key: str, shape: tuple[int, int], fan_in: int) -> torch.Tensor:
+    """Kaiming-uniform as torch's ``nn.Linear`` default (``a = sqrt(5)``): ``U(±1/sqrt(fan_in))``.
+
+    Drawn from the bit-exact counter-based stream of :func:`counter_uniform`.
+
+    Examples
+    --------
+    >>> from tera.adapters.base import kaiming_uniform
+    >>> float(kaiming_uniform("k", (4, 16), fan_in=16).abs().max()) <= 0.25
+    True
+    """
+    return counter_uniform(key, shape, bound=1.0 / math.sqrt(fan_in))
+
+
+class Adapter(nn.Module):
+    """Base class: one adapter attached to one layer ``in_features -> out_features``.
+
+    Subclasses create their trainable parameters (registered on the module) and their frozen
+    shared factors (requested from :class:`SharedFactors` by key) in ``__init__``, and
+    describe ``dW`` in :meth:`network`. They never evaluate anything themselves: the engine
+    does.
+    """
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type[AdapterConfig]] = AdapterConfig
+    uses_base_weight: ClassVar[bool] = False
+    """True when dW depends on the base weight (HiRA): merge keeps a copy to unmerge exactly."""
+
+    def __init__(
+        self,
+        config: AdapterConfig,
+        in_features: int,
+        out_features: int,
+        shared: SharedFactors,
+        layer_name: str,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.in_features = in_features
+        self.out_features = out_features
+        self.layer_name = layer_name
+        self._device = device
+        object.__setattr__(self, "_shared", shared)  # a reference, not a registered child
+        self._factor_keys: list[str] = []
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def _shared_factor(self, key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        shared: SharedFactors = self._shared  # type: ignore[assignment]
+        tensor = shared.get_or_create(key, build, self._device)
+        if key not in self._factor_keys:
+            self._factor_keys.append(key)
+        return tensor
+
+    def _factor(self, key: str) -> torch.Tensor:
+        shared: SharedFactors = self._shared  # type: ignore[assignment]
+        return shared.get(key)
+
+    def _param(self, value: torch.Tensor) -> nn.Parameter:
+        return nn.Parameter(value.to(self._device) if self._device is not None else value)
+
+    # -- the contract ----------------------------------------------------------------------
+    @property
+    def shared(self) -> SharedFactors:
+        """The model-wide store of frozen shared factors."""
+        shared: SharedFactors = self._shared  # type: ignore[assignment]
+        return shared
+
+    @property
+    def factor_keys(self) -> list[str]:
+        """Keys of the shared factors this adapter uses."""
+        return list(self._factor_keys)
+
+    def network(self, base_weight: torch.Tensor) -> Network:
+        """``dW`` as a :class:`Network`; ``base_weight`` is the layer's ``out x in`` weight."""
+        raise NotImplementedError
+
+    @classmethod
+    def trainable_count(cls, config: AdapterConfig, in_features: int, out_features: int) -> int:
+        """Trainable parameters for one layer (from shapes only, works for ``meta`` models)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        """Shown by ``print(model)``."""
+        return f"kind={self.kind}, in={self.in_features}, out={self.out_features}"

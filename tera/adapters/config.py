@@ -1,0 +1,288 @@
+"""One dataclass per adapter, sharing the fields every adapter has.
+
+Configs are plain data: they round-trip through JSON (``to_dict`` / ``config_from_dict``)
+and are validated when built, so a bad value fails at construction with a message that
+says what would be valid.
+
+Examples
+--------
+>>> from tera.adapters import TeRAConfig, config_from_dict
+>>> cfg = TeRAConfig(in_mode=64, out_mode=8, target_modules=("q_proj", "v_proj"))
+>>> config_from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from tera.errors import LoadError, RankError, ShapeError
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "AdapterConfig",
+    "HiRAConfig",
+    "LoRAConfig",
+    "TeRAConfig",
+    "VeRAConfig",
+    "config_from_dict",
+]
+
+DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj", "query", "value")
+"""The paper adapts the query and value projections; these are their Llama and BERT names."""
+
+
+def _tuple_of_str(value: str | Sequence[str], name: str) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return value
+    out = tuple(value)
+    if not out or not all(isinstance(v, str) and v for v in out):
+        raise ShapeError(
+            f"{name} must be a regex string or a non-empty list of names, got {value!r}"
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Fields every adapter shares.
+
+    Parameters
+    ----------
+    target_modules : str or sequence of str
+        Which ``nn.Linear`` modules to adapt: a sequence of names matched exactly or as a
+        dotted suffix (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``), or one
+        string used as a regular expression that must match the full module name.
+    modules_to_save : sequence of str
+        Modules (e.g. a new classification head) that stay trainable and are saved with
+        the adapter; matched like a list of ``target_modules``.
+    seed : int
+        Seed of the frozen shared factors (and of the trainable initialization).
+    dropout : float
+        Dropout on the adapter's input (0 disables it).
+    """
+
+    kind: ClassVar[str] = ""
+
+    target_modules: str | tuple[str, ...] = DEFAULT_TARGET_MODULES
+    modules_to_save: tuple[str, ...] = ()
+    seed: int = 0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "target_modules", _tuple_of_str(self.target_modules, "target_modules")
+        )
+        to_save: object = self.modules_to_save
+        if isinstance(to_save, str):
+            object.__setattr__(self, "modules_to_save", (to_save,))
+        else:
+            object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ShapeError(f"seed must be an int >= 0, got {self.seed!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ShapeError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields, with ``"kind"`` naming the adapter."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _check_rank(r: int, name: str = "r") -> None:
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise RankError(f"{name} must be an int >= 1, got {r!r}")
+
+
+@dataclass(frozen=True)
+class LoRAConfig(AdapterConfig):
+    """LoRA: ``dW = B A * alpha / r``; A (r x in) Kaiming-uniform, B (out x r) zeros.
+
+    Examples
+    --------
+    >>> from tera.adapters import LoRAConfig
+    >>> LoRAConfig(r=32, alpha=64).scaling
+    2.0
+    """
+
+    kind: ClassVar[str] = "lora"
+    r: int = 8
+    alpha: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rank(self.r)
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / r``."""
+        return float(self.alpha) / self.r
+
+
+@dataclass(frozen=True)
+class VeRAConfig(AdapterConfig):
+    """VeRA: ``dW = diag(b) B diag(d) A`` with A, B frozen, shared, Kaiming-uniform.
+
+    ``b`` starts at zeros and ``d`` at ``d_initial``.
+
+    Examples
+    --------
+    >>> from tera.adapters import VeRAConfig
+    >>> VeRAConfig(r=256).d_initial
+    0.1
+    """
+
+    kind: ClassVar[str] = "vera"
+    r: int = 256
+    d_initial: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rank(self.r)
+
+
+@dataclass(frozen=True)
+class HiRAConfig(AdapterConfig):
+    """HiRA: ``dW = W0 ⊙ (B A)``; A (r x in) Kaiming-uniform, B (out x r) zeros.
+
+    Examples
+    --------
+    >>> from tera.adapters import HiRAConfig
+    >>> HiRAConfig(r=1).r
+    1
+    """
+
+    kind: ClassVar[str] = "hira"
+    r: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rank(self.r)
+
+
+def _modes_field(value: Any, name: str) -> tuple[int, ...] | dict[int, tuple[int, ...]] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {int(k): _modes_field(v, f"{name}[{k}]") for k, v in value.items()}  # type: ignore[misc]
+    modes = tuple(int(v) for v in value)
+    if not modes or any(m < 1 for m in modes):
+        raise ShapeError(f"{name} must be a non-empty sequence of sizes >= 1, got {value!r}")
+    return modes
+
+
+@dataclass(frozen=True)
+class TeRAConfig(AdapterConfig):
+    """TeRA (paper Eq. 5): a Tucker network with frozen shared core/factors, trainable d_i.
+
+    A layer ``in_features -> out_features`` is tensorized as *input modes then output
+    modes* (paper Table 9: ``in_mode=4096, out_mode=8`` gives (4096, 8, 8, 8, 8) on a
+    4096 x 4096 layer). A mode size >= the dimension keeps it whole (as
+    :func:`tera.tn.split_dim`).
+
+    Parameters
+    ----------
+    in_mode, out_mode : int
+        Equal mode sizes for the input and output dimension.
+    in_modes, out_modes : sequence of int or dict, optional
+        Explicit (possibly unequal) modes, used instead of ``in_mode``/``out_mode``: a
+        sequence applies to every targeted layer (its product must equal the dimension);
+        a dict maps a dimension to its modes, e.g. ``{576: (8, 8, 9)}``, and dimensions not
+        in it fall back to ``in_mode``/``out_mode``.
+    ranks : sequence of int, optional
+        Tucker ranks ``R_i <= I_i``; ``None`` uses ``R_i = I_i`` (full rank, Theorem 1).
+    zero_init : int
+        Index of the vector d_i that starts at zero (all others start at one), so that
+        dW = 0 at initialization. Negative values count from the end; default: the last
+        output mode.
+    scale : float, optional
+        Standard deviation of dW's entries when all d_i = 1. ``None`` (default) uses
+        ``1 / sqrt(in_features)``, the same for every tensorization (see the module
+        :mod:`tera.adapters.tera`).
+
+    Examples
+    --------
+    >>> from tera.adapters import TeRAConfig
+    >>> TeRAConfig(in_mode=4096, out_mode=8).zero_init
+    -1
+    """
+
+    kind: ClassVar[str] = "tera"
+    in_mode: int = 4096
+    out_mode: int = 8
+    in_modes: tuple[int, ...] | dict[int, tuple[int, ...]] | None = None
+    out_modes: tuple[int, ...] | dict[int, tuple[int, ...]] | None = None
+    ranks: tuple[int, ...] | None = None
+    zero_init: int = -1
+    scale: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("in_mode", "out_mode"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                raise ShapeError(f"{name} must be an int >= 2, got {value!r}")
+        object.__setattr__(self, "in_modes", _modes_field(self.in_modes, "in_modes"))
+        object.__setattr__(self, "out_modes", _modes_field(self.out_modes, "out_modes"))
+        if self.ranks is not None:
+            ranks = tuple(int(r) for r in self.ranks)
+            if not ranks or any(r < 1 for r in ranks):
+                raise RankError(f"ranks must be ints >= 1, got {self.ranks!r}")
+            object.__setattr__(self, "ranks", ranks)
+        if not isinstance(self.zero_init, int) or isinstance(self.zero_init, bool):
+            raise ShapeError(f"zero_init must be an int (a mode index), got {self.zero_init!r}")
+        if self.scale is not None and not float(self.scale) > 0:
+            raise ShapeError(f"scale must be > 0 or None, got {self.scale!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; dict-valued modes get string keys as JSON requires."""
+        out = super().to_dict()
+        for name in ("in_modes", "out_modes"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                out[name] = {str(k): list(v) for k, v in value.items()}
+        return out
+
+
+_KINDS: dict[str, type[AdapterConfig]] = {
+    c.kind: c for c in (LoRAConfig, VeRAConfig, HiRAConfig, TeRAConfig)
+}
+
+
+def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
+    """Rebuild a config from :meth:`AdapterConfig.to_dict` output.
+
+    Raises
+    ------
+    LoadError
+        For an unknown ``kind`` or unknown fields.
+
+    Examples
+    --------
+    >>> from tera.adapters import LoRAConfig, config_from_dict
+    >>> config_from_dict({"kind": "lora", "r": 4}) == LoRAConfig(r=4)
+    True
+    """
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    if kind not in _KINDS:
+        raise LoadError(f"unknown adapter kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
+    cls = _KINDS[kind]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise LoadError(
+            f"{kind} config has unknown field(s) {unknown}; known fields: {sorted(known)} "
+            "(was it written by a newer tera?)"
+        )
+    for name in ("target_modules", "modules_to_save", "ranks", "in_modes", "out_modes"):
+        value = fields.get(name)
+        if isinstance(value, list):
+            fields[name] = tuple(value)
+    return cls(**fields)

@@ -1,0 +1,178 @@
+"""One engine for every adapter: a network of named operands, evaluated two ways.
+
+An adapter describes its weight update as a :class:`Network`: einsum subscripts over its
+operands (trainable vectors/matrices, frozen shared factors, or the base weight itself),
+plus which subscripts index the layer's input and output features. The engine evaluates it
+either by
+
+* **materializing** ``dW`` (``out x in``) with one planned contraction and running one
+  matmul, or
+* **pushing** the activations ``x`` through the operands without forming ``dW``,
+
+and picks the cheaper for the actual token count using the FLOP counts of the planned
+contractions (plans are cached per shapes by :func:`tera.tn.plan`). Both give the same
+result up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import opt_einsum
+import torch
+
+from tera.tn import plan
+
+__all__ = ["Network", "Path", "choose_path", "delta_weight", "push"]
+
+Path = Literal["materialize", "push"]
+COMPUTE_DTYPE = torch.float32
+"""Adapters compute in at least float32 (half inputs are upcast, the result cast back)."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """An adapter's ``dW`` as an einsum network.
+
+    Attributes
+    ----------
+    subscripts : tuple of str
+        One subscript string per operand.
+    operands : tuple of torch.Tensor
+        The operands (trainable, frozen-shared or the base weight).
+    in_subscripts : str
+        Subscripts of the input features, in row-major order (their sizes multiply to
+        ``in_features``).
+    out_subscripts : str
+        Subscripts of the output features, row-major.
+    in_shape, out_shape : tuple of int
+        Sizes of those subscripts.
+    scale : float
+        A scalar applied to ``dW``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, delta_weight
+    >>> A, B = torch.ones(2, 3), torch.ones(4, 2)
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (3,), (4,), scale=0.5)
+    >>> delta_weight(net).shape
+    torch.Size([4, 3])
+    """
+
+    subscripts: tuple[str, ...]
+    operands: tuple[torch.Tensor, ...]
+    in_subscripts: str
+    out_subscripts: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    scale: float = 1.0
+
+    @property
+    def in_features(self) -> int:
+        """Product of the input mode sizes."""
+        return math.prod(self.in_shape)
+
+    @property
+    def out_features(self) -> int:
+        """Product of the output mode sizes."""
+        return math.prod(self.out_shape)
+
+    def dw_equation(self) -> str:
+        """Einsum equation producing dW with output modes first (torch ``out x in``)."""
+        return ",".join(self.subscripts) + "->" + self.out_subscripts + self.in_subscripts
+
+    def batch_symbol(self) -> str:
+        """A subscript not used by the network, for the token dimension."""
+        used = set("".join(self.subscripts))
+        symbols = (str(opt_einsum.get_symbol(i)) for i in range(200))
+        return next(s for s in symbols if s not in used)
+
+    def push_equation(self) -> str:
+        """Einsum equation mapping tokens ``x`` (T, in modes) to (T, out modes)."""
+        z = self.batch_symbol()
+        return (
+            f"{z}{self.in_subscripts}," + ",".join(self.subscripts) + f"->{z}{self.out_subscripts}"
+        )
+
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Operand shapes."""
+        return tuple(tuple(op.shape) for op in self.operands)
+
+
+def _operands(net: Network) -> list[torch.Tensor]:
+    return [
+        op if op.dtype == COMPUTE_DTYPE or op.dtype == torch.float64 else op.to(COMPUTE_DTYPE)
+        for op in net.operands
+    ]
+
+
+def delta_weight(net: Network) -> torch.Tensor:
+    """Materialize ``dW`` (``out_features x in_features``) in at least float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, delta_weight
+    >>> net = Network(("o", "i"), (torch.ones(2), torch.ones(3)), "i", "o", (3,), (2,))
+    >>> delta_weight(net).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
+    ops = _operands(net)
+    dw = plan(net.dw_equation(), *net.shapes())(*ops)
+    dw = dw.reshape(net.out_features, net.in_features)
+    return dw * net.scale if net.scale != 1.0 else dw
+
+
+def push(net: Network, x: torch.Tensor) -> torch.Tensor:
+    """``x @ dW.T`` for ``x`` of shape ``(tokens, in_features)`` without forming ``dW``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, delta_weight, push
+    >>> A, B = torch.randn(2, 3), torch.randn(4, 2)
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (3,), (4,))
+    >>> x = torch.randn(5, 3)
+    >>> torch.allclose(push(net, x), x @ delta_weight(net).T, atol=1e-6)
+    True
+    """
+    ops = _operands(net)
+    tokens = x.shape[0]
+    xt = x.reshape(tokens, *net.in_shape)
+    if xt.dtype != ops[0].dtype:
+        xt = xt.to(ops[0].dtype)
+    out = plan(net.push_equation(), tuple(xt.shape), *net.shapes())(xt, *ops)
+    out = out.reshape(tokens, net.out_features)
+    return out * net.scale if net.scale != 1.0 else out
+
+
+def path_costs(net: Network, tokens: int, fused: bool) -> dict[Path, int]:
+    """Estimated extra FLOPs of each path over the frozen base layer's matmul.
+
+    ``fused`` means the materialized ``dW`` is added to the base weight and one matmul
+    serves both (no second ``2 * tokens * in * out`` product).
+    """
+    dw_plan = plan(net.dw_equation(), *net.shapes())
+    size = net.in_features * net.out_features
+    materialize = dw_plan.flops + size + (0 if fused else 2 * tokens * size)
+    push_plan = plan(net.push_equation(), (tokens, *net.in_shape), *net.shapes())
+    return {"materialize": materialize, "push": push_plan.flops}
+
+
+def choose_path(net: Network, tokens: int, fused: bool) -> Path:
+    """The cheaper evaluation for ``tokens`` rows of input (ties go to materializing).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, choose_path
+    >>> A, B = torch.ones(2, 64), torch.ones(64, 2)   # LoRA-like, rank 2
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (64,), (64,))
+    >>> choose_path(net, tokens=4, fused=False), choose_path(net, tokens=4096, fused=True)
+    ('push', 'materialize')
+    """
+    costs = path_costs(net, max(tokens, 1), fused)
+    return "materialize" if costs["materialize"] <= costs["push"] else "push"

@@ -1,0 +1,64 @@
+"""HiRA (Huang et al., 2025): ``dW = W0 ⊙ (B A)``, a Hadamard product with the base weight."""
+
+from __future__ import annotations
+
+import torch
+
+from tera.adapters.base import Adapter, kaiming_uniform
+from tera.adapters.config import HiRAConfig
+from tera.adapters.engine import Network
+from tera.adapters.factors import SharedFactors
+from tera.theory import hira_parameter_count
+
+__all__ = ["HiRA"]
+
+
+class HiRA(Adapter):
+    """HiRA on one layer: trainable ``A`` (r x in, Kaiming-uniform) and ``B`` (out x r, zeros).
+
+    Examples
+    --------
+    >>> from tera.adapters import HiRAConfig
+    >>> from tera.adapters.factors import SharedFactors
+    >>> from tera.adapters.hira import HiRA
+    >>> HiRA(HiRAConfig(r=2), 16, 8, SharedFactors(), "layer").network(torch.ones(8, 16)).subscripts
+    ('oi', 'or', 'ri')
+    """
+
+    kind = "hira"
+    config_class = HiRAConfig
+    uses_base_weight = True
+
+    def __init__(
+        self,
+        config: HiRAConfig,
+        in_features: int,
+        out_features: int,
+        shared: SharedFactors,
+        layer_name: str,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(config, in_features, out_features, shared, layer_name, device)
+        r = config.r
+        self.A = self._param(
+            kaiming_uniform(
+                f"hira|A|{layer_name}|seed={config.seed}", (r, in_features), in_features
+            )
+        )
+        self.B = self._param(torch.zeros(out_features, r))
+
+    def network(self, base_weight: torch.Tensor) -> Network:
+        """``dW[o, i] = W0[o, i] * sum_r B[o, r] A[r, i]``."""
+        return Network(
+            ("oi", "or", "ri"),
+            (base_weight.detach(), self.B, self.A),
+            "i",
+            "o",
+            (self.in_features,),
+            (self.out_features,),
+        )
+
+    @classmethod
+    def trainable_count(cls, config: HiRAConfig, in_features: int, out_features: int) -> int:  # type: ignore[override]
+        """``r * (in + out)``."""
+        return hira_parameter_count(in_features, out_features, config.r)

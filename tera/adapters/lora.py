@@ -1,0 +1,66 @@
+"""LoRA (Hu et al., 2022): ``dW = B A * alpha / r``; A Kaiming-uniform, B zeros."""
+
+from __future__ import annotations
+
+import torch
+
+from tera.adapters.base import Adapter, kaiming_uniform
+from tera.adapters.config import LoRAConfig
+from tera.adapters.engine import Network
+from tera.adapters.factors import SharedFactors
+from tera.theory import lora_parameter_count
+
+__all__ = ["LoRA"]
+
+
+class LoRA(Adapter):
+    """LoRA on one layer: trainable ``A`` (r x in) and ``B`` (out x r).
+
+    Examples
+    --------
+    >>> from tera.adapters import LoRAConfig
+    >>> from tera.adapters.factors import SharedFactors
+    >>> from tera.adapters.lora import LoRA
+    >>> lora = LoRA(LoRAConfig(r=4), 16, 8, SharedFactors(), "layer")
+    >>> tuple(lora.A.shape), tuple(lora.B.shape), int(torch.count_nonzero(lora.B))
+    ((4, 16), (8, 4), 0)
+    """
+
+    kind = "lora"
+    config_class = LoRAConfig
+
+    def __init__(
+        self,
+        config: LoRAConfig,
+        in_features: int,
+        out_features: int,
+        shared: SharedFactors,
+        layer_name: str,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(config, in_features, out_features, shared, layer_name, device)
+        r = config.r
+        self.A = self._param(
+            kaiming_uniform(
+                f"lora|A|{layer_name}|seed={config.seed}", (r, in_features), in_features
+            )
+        )
+        self.B = self._param(torch.zeros(out_features, r))
+        self.scaling = config.scaling
+
+    def network(self, base_weight: torch.Tensor) -> Network:
+        """``dW[o, i] = sum_r B[o, r] A[r, i] * alpha / r``."""
+        return Network(
+            ("ri", "or"),
+            (self.A, self.B),
+            "i",
+            "o",
+            (self.in_features,),
+            (self.out_features,),
+            self.scaling,
+        )
+
+    @classmethod
+    def trainable_count(cls, config: LoRAConfig, in_features: int, out_features: int) -> int:  # type: ignore[override]
+        """``r * (in + out)``."""
+        return lora_parameter_count(in_features, out_features, config.r)

@@ -1,0 +1,169 @@
+r"""TeRA (paper Eq. 5): ``dW = unfold_[N;k](G x_1 diag(d_1) A_1 ... x_N diag(d_N) A_N)``.
+
+The layer ``in_features -> out_features`` is tensorized as the input modes
+``I_1..I_k`` followed by the output modes ``I_{k+1}..I_N``, so in the paper's orientation
+(``x @ dW``) the update is the ``[N;k]`` unfolding; torch's ``out x in`` weight gets its
+transpose. The core ``G`` (R_1 x ... x R_N) and factors ``A_i`` (R_i x I_i) are frozen,
+random and shared by every adapted layer with the same shape and scheme; only the vectors
+``d_i`` (length R_i) train. All ``d_i`` start at one except ``d_{zero_init}``, which starts
+at zero, so ``dW = 0`` at initialization.
+
+**Scale.** Each ``A_i`` is Kaiming-uniform with its fan-in taken along the rank index
+(``U(±sqrt(3 / R_i))``, variance ``1 / R_i``) and ``G`` is uniform with variance
+``scale**2``. The entries of ``dW`` at ``d = 1`` are sums of ``prod(R_i)`` independent
+products, so their standard deviation is exactly ``scale`` in expectation, *whatever the
+tensorization*. The raw paper initialization (each factor Kaiming on its own fan-in) gives
+a scale that varies by more than 10x between schemes of one layer, which decides whether
+TeRA learns at all (FINDINGS). The default ``scale = 1 / sqrt(in_features)`` makes a change
+of ``O(1)`` in the d's move the layer by about as much as its Kaiming-initialized weight;
+with AdamW the d's move by about ``lr`` per step, so the paper's learning rates
+(1e-3 .. 2e-4) reach such a change within a few thousand steps.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import opt_einsum
+import torch
+from torch import nn
+
+from tera.adapters.base import Adapter
+from tera.adapters.config import TeRAConfig
+from tera.adapters.engine import Network
+from tera.adapters.factors import SharedFactors, counter_uniform
+from tera.errors import RankError, ShapeError, TensorizationError
+from tera.tn import split_dim, suggest_modes
+
+__all__ = ["TeRA", "resolve_scheme"]
+
+
+def _side_modes(
+    size: int, mode: int, explicit: object, side: str, layer_name: str
+) -> tuple[int, ...]:
+    modes: tuple[int, ...] | None = None
+    if isinstance(explicit, dict):
+        modes = explicit.get(size)
+    elif isinstance(explicit, tuple):
+        modes = explicit
+    if modes is not None:
+        if math.prod(modes) != size:
+            raise TensorizationError(
+                f"{side}_modes {modes} multiply to {math.prod(modes)} but layer "
+                f"'{layer_name}' has {side}_features={size}; use a dict for layers of "
+                f"several sizes, e.g. {side}_modes={{{size}: {suggest_modes(size, mode)}}}"
+            )
+        return modes
+    try:
+        return split_dim(size, mode)
+    except TensorizationError as err:
+        raise TensorizationError(
+            f"layer '{layer_name}': {side}_features={size} with {side}_mode={mode}: {err}; "
+            f"set {side}_mode= or {side}_modes= in TeRAConfig"
+        ) from None
+
+
+def resolve_scheme(
+    config: TeRAConfig, in_features: int, out_features: int, layer_name: str = "?"
+) -> tuple[tuple[int, ...], int, tuple[int, ...], int]:
+    """The layer's tensorization under ``config``: ``(modes, k, ranks, zero_index)``.
+
+    Examples
+    --------
+    >>> from tera.adapters import TeRAConfig
+    >>> from tera.adapters.tera import resolve_scheme
+    >>> resolve_scheme(TeRAConfig(in_mode=4096, out_mode=8), 4096, 4096)
+    ((4096, 8, 8, 8, 8), 1, (4096, 8, 8, 8, 8), 4)
+    """
+    in_modes = _side_modes(in_features, config.in_mode, config.in_modes, "in", layer_name)
+    out_modes = _side_modes(out_features, config.out_mode, config.out_modes, "out", layer_name)
+    modes, k = in_modes + out_modes, len(in_modes)
+    ranks = modes if config.ranks is None else config.ranks
+    if len(ranks) != len(modes) or any(not 1 <= r <= i for r, i in zip(ranks, modes, strict=True)):
+        raise RankError(
+            f"ranks {ranks} do not fit layer '{layer_name}' tensorized as {modes}: give one "
+            f"rank 1 <= R_i <= I_i per mode (or ranks=None for R_i = I_i)"
+        )
+    n = len(modes)
+    if not -n <= config.zero_init < n:
+        raise ShapeError(
+            f"zero_init={config.zero_init} is out of range for layer '{layer_name}' with "
+            f"{n} modes {modes}; use 0..{n - 1} (or -{n}..-1)"
+        )
+    return modes, k, ranks, config.zero_init % n
+
+
+class TeRA(Adapter):
+    """TeRA on one layer: trainable vectors ``d[0..N-1]``, frozen shared ``G`` and ``A_i``.
+
+    Examples
+    --------
+    >>> from tera.adapters import TeRAConfig
+    >>> from tera.adapters.factors import SharedFactors
+    >>> from tera.adapters.tera import TeRA
+    >>> t = TeRA(TeRAConfig(in_mode=64, out_mode=4), 64, 16, SharedFactors(), "layer")
+    >>> t.modes, [tuple(d.shape) for d in t.d], int(torch.count_nonzero(t.d[-1]))
+    ((64, 4, 4), [(64,), (4,), (4,)], 0)
+    """
+
+    kind = "tera"
+    config_class = TeRAConfig
+
+    def __init__(
+        self,
+        config: TeRAConfig,
+        in_features: int,
+        out_features: int,
+        shared: SharedFactors,
+        layer_name: str,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(config, in_features, out_features, shared, layer_name, device)
+        modes, k, ranks, zero = resolve_scheme(config, in_features, out_features, layer_name)
+        self.modes, self.k, self.ranks, self.zero_index = modes, k, ranks, zero
+        scale = config.scale if config.scale is not None else 1.0 / math.sqrt(in_features)
+        self.scale = float(scale)
+        scheme = f"{out_features}x{in_features}|modes={modes}|k={k}|ranks={ranks}"
+        suffix = f"{scheme}|scale={self.scale!r}|seed={config.seed}"
+        self._key_G = f"tera|G|{suffix}"
+        self._keys_A = [f"tera|A{i}|{suffix}" for i in range(len(modes))]
+        g_bound = math.sqrt(3.0) * self.scale  # variance scale**2
+        self._shared_factor(self._key_G, partial(counter_uniform, self._key_G, ranks, g_bound))
+        for key, r, i in zip(self._keys_A, ranks, modes, strict=True):
+            # Kaiming-uniform on the rank index: variance 1 / R_i
+            self._shared_factor(key, partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r)))
+        self.d = nn.ParameterList(
+            [
+                self._param(torch.zeros(r) if n == zero else torch.ones(r))
+                for n, r in enumerate(ranks)
+            ]
+        )
+
+    def network(self, base_weight: torch.Tensor) -> Network:
+        """Eq. (11): ``dW(i_1..i_N) = sum_r G(r) prod_n d_n(r_n) A_n(r_n, i_n)``."""
+        n = len(self.modes)
+        rank_syms = [opt_einsum.get_symbol(j) for j in range(n)]
+        mode_syms = [opt_einsum.get_symbol(n + j) for j in range(n)]
+        subscripts = ["".join(rank_syms)]
+        operands = [self._factor(self._key_G)]
+        for j in range(n):
+            subscripts += [rank_syms[j], rank_syms[j] + mode_syms[j]]
+            operands += [self.d[j], self._factor(self._keys_A[j])]
+        return Network(
+            tuple(subscripts),
+            tuple(operands),
+            "".join(mode_syms[: self.k]),
+            "".join(mode_syms[self.k :]),
+            tuple(self.modes[: self.k]),
+            tuple(self.modes[self.k :]),
+        )
+
+    @classmethod
+    def trainable_count(cls, config: TeRAConfig, in_features: int, out_features: int) -> int:  # type: ignore[override]
+        """``sum R_i`` for this layer's scheme."""
+        return sum(resolve_scheme(config, in_features, out_features)[2])
+
+    def extra_repr(self) -> str:
+        """Shown by ``print(model)``."""
+        return f"{super().extra_repr()}, modes={self.modes}, k={self.k}, ranks={self.ranks}"

@@ -1,0 +1,76 @@
+"""VeRA (Kopiczko et al., 2024): ``dW = diag(b) B diag(d) A`` with A, B frozen and shared."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from tera.adapters.base import Adapter, kaiming_uniform
+from tera.adapters.config import VeRAConfig
+from tera.adapters.engine import Network
+from tera.adapters.factors import SharedFactors
+from tera.theory import vera_parameter_count
+
+__all__ = ["VeRA"]
+
+
+class VeRA(Adapter):
+    """VeRA on one layer: trainable ``b`` (out, zeros) and ``d`` (r, ``d_initial``).
+
+    The frozen ``A`` (r x in) and ``B`` (out x r) are Kaiming-uniform and shared by every
+    layer with the same ``in_features`` (for A) or ``out_features`` (for B).
+
+    Examples
+    --------
+    >>> from tera.adapters import VeRAConfig
+    >>> from tera.adapters.factors import SharedFactors
+    >>> from tera.adapters.vera import VeRA
+    >>> shared = SharedFactors()
+    >>> a = VeRA(VeRAConfig(r=4), 16, 8, shared, "q")
+    >>> b = VeRA(VeRAConfig(r=4), 16, 8, shared, "v")
+    >>> B_a, B_b = a.network(torch.empty(0)).operands[1], b.network(torch.empty(0)).operands[1]
+    >>> B_a.data_ptr() == B_b.data_ptr()
+    True
+    """
+
+    kind = "vera"
+    config_class = VeRAConfig
+
+    def __init__(
+        self,
+        config: VeRAConfig,
+        in_features: int,
+        out_features: int,
+        shared: SharedFactors,
+        layer_name: str,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(config, in_features, out_features, shared, layer_name, device)
+        r, seed = config.r, config.seed
+        self._key_A = f"vera|A|{r}x{in_features}|seed={seed}"
+        self._key_B = f"vera|B|{out_features}x{r}|seed={seed}"
+        self._shared_factor(
+            self._key_A, partial(kaiming_uniform, self._key_A, (r, in_features), in_features)
+        )
+        self._shared_factor(
+            self._key_B, partial(kaiming_uniform, self._key_B, (out_features, r), r)
+        )
+        self.b = self._param(torch.zeros(out_features))
+        self.d = self._param(torch.full((r,), float(config.d_initial)))
+
+    def network(self, base_weight: torch.Tensor) -> Network:
+        """``dW[o, i] = b[o] sum_r B[o, r] d[r] A[r, i]``."""
+        return Network(
+            ("o", "or", "r", "ri"),
+            (self.b, self._factor(self._key_B), self.d, self._factor(self._key_A)),
+            "i",
+            "o",
+            (self.in_features,),
+            (self.out_features,),
+        )
+
+    @classmethod
+    def trainable_count(cls, config: VeRAConfig, in_features: int, out_features: int) -> int:  # type: ignore[override]
+        """``out + r``."""
+        return vera_parameter_count(in_features, out_features, config.r)
