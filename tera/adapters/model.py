@@ -320,7 +320,7 @@ class AdaptedModel(nn.Module):
         """``(name, parameter)`` for each trainable adapter parameter, named as saved."""
         for lname, layer in self.adapter_layers.items():
             for pname, p in layer.adapter.named_parameters():
-                yield f"{lname}.{pname}", p
+                yield f"{lname}.adapter.{pname}", p
 
     def trainable_parameter_count(self) -> int:
         """Parameters with ``requires_grad`` (adapter plus ``modules_to_save``)."""

@@ -9,12 +9,14 @@ random and shared by every adapted layer with the same shape and scheme; only th
 at zero, so ``dW = 0`` at initialization.
 
 **Scale.** Each ``A_i`` is Kaiming-uniform with its fan-in taken along the rank index
-(``U(±sqrt(3 / R_i))``, variance ``1 / R_i``) and ``G`` is uniform with variance
-``scale**2``. The entries of ``dW`` at ``d = 1`` are sums of ``prod(R_i)`` independent
-products, so their standard deviation is exactly ``scale`` in expectation, *whatever the
-tensorization*. The raw paper initialization (each factor Kaiming on its own fan-in) gives
-a scale that varies by more than 10x between schemes of one layer, which decides whether
-TeRA learns at all (FINDINGS). The default ``scale = 1 / sqrt(in_features)`` makes a change
+(``U(±sqrt(3 / R_i))``, variance ``1 / R_i``) and ``G`` is uniform, so the entries of ``dW``
+at ``d = 1`` have the same variance in expectation for every tensorization. One draw of
+many small factors still strays far from its expectation (a (2, 2, ..., 2) scheme of a
+1024 x 1024 layer came out 4x too small), so the core is then rescaled so that the
+root-mean-square of ``dW`` at ``d = 1`` is *exactly* ``scale``, whatever the tensorization.
+The raw paper initialization (each factor Kaiming on its own fan-in) gives a scale that
+varies by more than 10x between schemes of one layer, which decides whether TeRA learns at
+all (FINDINGS). The default ``scale = 1 / sqrt(in_features)`` makes a change
 of ``O(1)`` in the d's move the layer by about as much as its Kaiming-initialized weight;
 with AdamW the d's move by about ``lr`` per step, so the paper's learning rates
 (1e-3 .. 2e-4) reach such a change within a few thousand steps.
@@ -34,7 +36,7 @@ from tera.adapters.config import TeRAConfig
 from tera.adapters.engine import Network
 from tera.adapters.factors import SharedFactors, counter_uniform
 from tera.errors import RankError, ShapeError, TensorizationError
-from tera.tn import split_dim, suggest_modes
+from tera.tn import multi_mode_product, split_dim, suggest_modes
 
 __all__ = ["TeRA", "resolve_scheme"]
 
@@ -62,6 +64,29 @@ def _side_modes(
             f"layer '{layer_name}': {side}_features={size} with {side}_mode={mode}: {err}; "
             f"set {side}_mode= or {side}_modes= in TeRAConfig"
         ) from None
+
+
+def _round_mantissa(x: float, bits: int = 16) -> float:
+    """Round to ``bits`` significant bits, so float64 noise of another BLAS cannot leak in."""
+    mantissa, exponent = math.frexp(x)
+    return math.ldexp(round(mantissa * (1 << bits)) / (1 << bits), exponent)
+
+
+def _normalized_core(key: str, factors: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """The core G, rescaled so that ``dW`` at ``d = 1`` has root-mean-square ``scale`` exactly.
+
+    ``||dW||_F^2 = <G, G x_1 A_1 A_1^T ... x_N A_N A_N^T>`` is computed in float64 from the
+    small Gram matrices (never forming ``dW``); the correction factor is rounded to 16
+    significant bits and applied in float32, so regeneration stays bit-exact everywhere.
+    """
+    ranks = tuple(int(f.shape[0]) for f in factors)
+    core = counter_uniform(key, ranks, bound=math.sqrt(3.0))
+    g64 = core.double().numpy()
+    grams = [(f.double() @ f.double().T).numpy() for f in factors]
+    energy = float((g64 * multi_mode_product(g64, grams)).sum())
+    n_entries = math.prod(int(f.shape[1]) for f in factors)
+    correction = _round_mantissa(scale * math.sqrt(n_entries / energy))
+    return core * torch.tensor(correction, dtype=torch.float32)
 
 
 def resolve_scheme(
@@ -128,11 +153,12 @@ class TeRA(Adapter):
         suffix = f"{scheme}|scale={self.scale!r}|seed={config.seed}"
         self._key_G = f"tera|G|{suffix}"
         self._keys_A = [f"tera|A{i}|{suffix}" for i in range(len(modes))]
-        g_bound = math.sqrt(3.0) * self.scale  # variance scale**2
-        self._shared_factor(self._key_G, partial(counter_uniform, self._key_G, ranks, g_bound))
+        factors = []
         for key, r, i in zip(self._keys_A, ranks, modes, strict=True):
             # Kaiming-uniform on the rank index: variance 1 / R_i
-            self._shared_factor(key, partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r)))
+            build = partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r))
+            factors.append(self._shared_factor(key, build))
+        self._shared_factor(self._key_G, partial(_normalized_core, self._key_G, factors, self.scale))
         self.d = nn.ParameterList(
             [
                 self._param(torch.zeros(r) if n == zero else torch.ones(r))
