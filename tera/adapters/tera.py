@@ -158,7 +158,9 @@ class TeRA(Adapter):
             # Kaiming-uniform on the rank index: variance 1 / R_i
             build = partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r))
             factors.append(self._shared_factor(key, build))
-        self._shared_factor(self._key_G, partial(_normalized_core, self._key_G, factors, self.scale))
+        self._shared_factor(
+            self._key_G, partial(_normalized_core, self._key_G, factors, self.scale)
+        )
         self.d = nn.ParameterList(
             [
                 self._param(torch.zeros(r) if n == zero else torch.ones(r))

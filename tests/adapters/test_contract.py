@@ -7,8 +7,23 @@ import pytest
 import torch
 
 from tera.adapters import AdapterLinear, adapt, from_pretrained, parameter_report
-from tera.theory import hira_parameter_count, lora_parameter_count, tera_parameter_count, vera_parameter_count
-from tests.adapters.common import ATOL, KINDS, MODELS, RTOL, fresh, inputs, make_config, randomize_adapter, run
+from tera.theory import (
+    hira_parameter_count,
+    lora_parameter_count,
+    tera_parameter_count,
+    vera_parameter_count,
+)
+from tests.adapters.common import (
+    ATOL,
+    KINDS,
+    MODELS,
+    RTOL,
+    fresh,
+    inputs,
+    make_config,
+    randomize_adapter,
+    run,
+)
 
 CASES = [(k, m) for k in KINDS for m in MODELS]
 
@@ -34,7 +49,9 @@ def test_init_is_a_noop(kind, model_name):
 def test_adapter_changes_the_output_once_trained(kind, model_name):
     adapted, base = _adapted(kind, model_name)
     batch = inputs(model_name)
-    assert not torch.allclose(run(adapted, model_name, batch), run(base, model_name, batch), atol=1e-3)
+    assert not torch.allclose(
+        run(adapted, model_name, batch), run(base, model_name, batch), atol=1e-3
+    )
 
 
 @pytest.mark.parametrize(("kind", "model_name"), CASES)
@@ -101,7 +118,9 @@ def test_disable_adapter_equals_base(kind, model_name):
     torch.testing.assert_close(run(adapted, model_name, batch), adapted_out, atol=0, rtol=0)
     adapted.merge()
     with adapted.disable_adapter():  # merged layers are unmerged inside and re-merged after
-        torch.testing.assert_close(run(adapted, model_name, batch), expected_base, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            run(adapted, model_name, batch), expected_base, atol=ATOL, rtol=RTOL
+        )
     assert all(layer.merged for layer in adapted.adapter_layers.values())
 
 
@@ -140,7 +159,9 @@ def test_only_adapter_parameters_change_when_training(kind, model_name):
         if name in adapter_names:
             assert not torch.equal(after[name], value), f"{name} did not train"
         else:
-            assert torch.equal(after[name], value), f"{name} changed but is not an adapter parameter"
+            assert torch.equal(after[name], value), (
+                f"{name} changed but is not an adapter parameter"
+            )
     assert adapter_names <= set(before)
     for key, value in factors.items():
         assert torch.equal(adapted.shared_factors.get(key), value)
@@ -185,11 +206,15 @@ def test_half_precision_base_models(kind, model_name, dtype):
     # half models differ from float32 by their own rounding (eps 8e-3 for bf16), not ours
     torch.testing.assert_close(out.float(), expected, atol=0.15, rtol=0.05)
     adapted.set_engine_path("push")
-    torch.testing.assert_close(run(adapted, model_name, batch).float(), out.float(), atol=0.05, rtol=0.02)
+    torch.testing.assert_close(
+        run(adapted, model_name, batch).float(), out.float(), atol=0.05, rtol=0.02
+    )
     adapted.set_engine_path("auto")
     adapted.merge()
     assert all(l.base_weight().dtype == dtype for l in adapted.adapter_layers.values())
-    torch.testing.assert_close(run(adapted, model_name, batch).float(), out.float(), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(
+        run(adapted, model_name, batch).float(), out.float(), atol=0.1, rtol=0.05
+    )
 
 
 def test_shared_factors_are_one_storage():
@@ -197,7 +222,10 @@ def test_shared_factors_are_one_storage():
         model, _ = fresh("llama")
         adapted = adapt(model, make_config(kind, "llama"))
         layers = adapted.adapter_layers
-        q0, q1 = layers["model.layers.0.self_attn.q_proj"], layers["model.layers.1.self_attn.q_proj"]
+        q0, q1 = (
+            layers["model.layers.0.self_attn.q_proj"],
+            layers["model.layers.1.self_attn.q_proj"],
+        )
         v0 = layers["model.layers.0.self_attn.v_proj"]
         net_q0, net_q1 = q0.adapter.network(q0.base_weight()), q1.adapter.network(q1.base_weight())
         frozen = [i for i, op in enumerate(net_q0.operands) if not op.requires_grad]

@@ -30,7 +30,9 @@ def _splitmix_reference(key: str, n: int, bound: float) -> list[float]:
 def test_stream_matches_its_definition_and_is_pinned():
     values = counter_uniform("tera|golden", (257,), bound=0.7)
     assert values.dtype == torch.float32
-    expected = torch.tensor(_splitmix_reference("tera|golden", 257, 0.7), dtype=torch.float64).float()
+    expected = torch.tensor(
+        _splitmix_reference("tera|golden", 257, 0.7), dtype=torch.float64
+    ).float()
     assert torch.equal(values, expected)
     # pinned: if these change, every saved adapter would load with different factors
     pinned = [0.5438530445098877, 0.12185216695070267, -0.5761659741401672, 0.23201893270015717]

@@ -35,7 +35,10 @@ def _copy_into_peft(ours, peft_model, kind):
 
 
 CASES = {
-    "lora": (LoRAConfig(r=4, alpha=8, target_modules=TARGETS), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)),
+    "lora": (
+        LoRAConfig(r=4, alpha=8, target_modules=TARGETS),
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS),
+    ),
     "vera": (VeRAConfig(r=8, target_modules=TARGETS), VeraConfig(r=8, target_modules=TARGETS)),
     "hira": (HiRAConfig(r=4, target_modules=TARGETS), HiraConfig(r=4, target_modules=TARGETS)),
 }

@@ -11,7 +11,7 @@ from tera.adapters import TeRAConfig, adapt
 from tera.adapters.tera import resolve_scheme
 from tera.errors import RankError, ShapeError, TensorizationError
 from tera.theory import rank_bound
-from tera.tn import tucker_to_matrix, unfold, tucker_to_tensor
+from tera.tn import tucker_to_matrix, tucker_to_tensor, unfold
 
 
 def _layer(in_f, out_f, **cfg):
@@ -21,10 +21,18 @@ def _layer(in_f, out_f, **cfg):
 
 
 def test_paper_table9_scheme():
-    assert resolve_scheme(TeRAConfig(in_mode=4096, out_mode=8), 4096, 4096)[:2] == ((4096, 8, 8, 8, 8), 1)
+    assert resolve_scheme(TeRAConfig(in_mode=4096, out_mode=8), 4096, 4096)[:2] == (
+        (4096, 8, 8, 8, 8),
+        1,
+    )
     # Llama-3's 1024-wide v_proj output with outdim=4096 stays whole
-    assert resolve_scheme(TeRAConfig(in_mode=8, out_mode=4096), 4096, 1024)[:2] == ((8, 8, 8, 8, 1024), 4)
-    modes, k, ranks, zero = resolve_scheme(TeRAConfig(in_modes={576: (8, 8, 9)}, out_mode=192), 576, 192)
+    assert resolve_scheme(TeRAConfig(in_mode=8, out_mode=4096), 4096, 1024)[:2] == (
+        (8, 8, 8, 8, 1024),
+        4,
+    )
+    modes, k, ranks, zero = resolve_scheme(
+        TeRAConfig(in_modes={576: (8, 8, 9)}, out_mode=192), 576, 192
+    )
     assert (modes, k, ranks, zero) == ((8, 8, 9, 192), 3, (8, 8, 9, 192), 3)
 
 
@@ -55,7 +63,9 @@ def test_explicit_scale():
     _, layer = _layer(64, 64, in_mode=8, out_mode=8, scale=0.02)
     with torch.no_grad():
         layer.adapter.d[-1].fill_(1.0)
-    assert float(layer.delta_weight().detach().pow(2).mean().sqrt()) == pytest.approx(0.02, rel=1e-3)
+    assert float(layer.delta_weight().detach().pow(2).mean().sqrt()) == pytest.approx(
+        0.02, rel=1e-3
+    )
 
 
 def test_dw_is_the_papers_tucker_network():
@@ -92,7 +102,9 @@ def test_learns_at_the_papers_learning_rate():
         for d in teacher.adapter_layers["0"].adapter.d:
             d.copy_(1 + 0.5 * torch.randn_like(d))
     student = adapt(copy.deepcopy(base), cfg)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3, weight_decay=0)
+    opt = torch.optim.AdamW(
+        [p for p in student.parameters() if p.requires_grad], lr=1e-3, weight_decay=0
+    )
     g = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(400):
@@ -108,11 +120,31 @@ def test_learns_at_the_papers_learning_rate():
 @pytest.mark.parametrize(
     ("cfg", "error", "match"),
     [
-        (dict(in_mode=6, out_mode=8), TensorizationError, r"in_features=64 with in_mode=6: 64 cannot be split into modes of 6; use one of 2, 4, 8, 64"),
-        (dict(in_modes=(8, 4), out_mode=8), TensorizationError, r"in_modes \(8, 4\) multiply to 32 but layer '0' has in_features=64; use a dict"),
-        (dict(in_mode=8, out_mode=8, ranks=(8, 9, 8, 8)), RankError, r"ranks \(8, 9, 8, 8\) do not fit layer '0' tensorized as \(8, 8, 8, 8\)"),
-        (dict(in_mode=8, out_mode=8, ranks=(8, 8)), RankError, r"give one rank 1 <= R_i <= I_i per mode"),
-        (dict(in_mode=8, out_mode=8, zero_init=4), ShapeError, r"zero_init=4 is out of range for layer '0' with 4 modes"),
+        (
+            dict(in_mode=6, out_mode=8),
+            TensorizationError,
+            r"in_features=64 with in_mode=6: 64 cannot be split into modes of 6; use one of 2, 4, 8, 64",
+        ),
+        (
+            dict(in_modes=(8, 4), out_mode=8),
+            TensorizationError,
+            r"in_modes \(8, 4\) multiply to 32 but layer '0' has in_features=64; use a dict",
+        ),
+        (
+            dict(in_mode=8, out_mode=8, ranks=(8, 9, 8, 8)),
+            RankError,
+            r"ranks \(8, 9, 8, 8\) do not fit layer '0' tensorized as \(8, 8, 8, 8\)",
+        ),
+        (
+            dict(in_mode=8, out_mode=8, ranks=(8, 8)),
+            RankError,
+            r"give one rank 1 <= R_i <= I_i per mode",
+        ),
+        (
+            dict(in_mode=8, out_mode=8, zero_init=4),
+            ShapeError,
+            r"zero_init=4 is out of range for layer '0' with 4 modes",
+        ),
         (dict(in_mode=8, out_mode=8, zero_init=-5), ShapeError, r"use 0..3 \(or -4..-1\)"),
     ],
 )
