@@ -1,0 +1,83 @@
+"""Trainable counts, "Params (%)" and saved adapter sizes on a Llama-2-7B-shaped model.
+
+Counts come from ``parameter_report`` on a ``meta``-device LlamaForCausalLM (no weights).
+File sizes come from really saving each adapter on the 64 q/v projections (4096 x 4096):
+the base layers are allocated but never initialized (``to_empty``), so this needs ~4.3 GB
+of RAM and no download.
+
+Run: ``.venv/bin/python benchmarks/adapter_sizes.py``
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tera.adapters import HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig, adapt, parameter_report
+
+LLAMA2_7B = LlamaConfig(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+)
+
+CONFIGS = {
+    "TeRA (4096 | 8,8,8,8)": TeRAConfig(in_mode=4096, out_mode=8),
+    "VeRA r=256": VeRAConfig(r=256),
+    "HiRA r=32": HiRAConfig(r=32),
+    "HiRA r=1": HiRAConfig(r=1),
+    "LoRA r=32": LoRAConfig(r=32),
+}
+
+
+def qv_skeleton() -> nn.Module:
+    """Only the adapted layers of Llama-2-7B, with the same names, uninitialized."""
+    with torch.device("meta"):
+        layers = nn.ModuleList()
+        for _ in range(32):
+            attn = nn.Module()
+            attn.q_proj = nn.Linear(4096, 4096, bias=False)
+            attn.v_proj = nn.Linear(4096, 4096, bias=False)
+            block = nn.Module()
+            block.self_attn = attn
+            layers.append(block)
+        model = nn.Module()
+        model.layers = layers
+    return model.to_empty(device="cpu")
+
+
+def main() -> None:
+    with torch.device("meta"):
+        meta_model = LlamaForCausalLM(LLAMA2_7B)
+    print(
+        f"{'adapter':<24} {'trainable':>11} {'Params (%)':>10} {'safetensors':>12} {'with factors':>13} {'adapt s':>8}"
+    )
+    for name, config in CONFIGS.items():
+        report = parameter_report(meta_model, config)
+        skeleton = qv_skeleton()
+        start = time.perf_counter()
+        adapted = adapt(skeleton, config)
+        seconds = time.perf_counter() - start
+        assert adapted.trainable_parameter_count() == report.adapter
+        sizes = []
+        for include in (False, True):
+            with tempfile.TemporaryDirectory() as d:
+                adapted.save_pretrained(d, include_factors=include)
+                sizes.append(sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)))
+        print(
+            f"{name:<24} {report.adapter:>11,d} {report.percent:>10.4f} "
+            f"{sizes[0] / 1e6:>10.2f} MB {sizes[1] / 1e6:>10.2f} MB {seconds:>8.1f}"
+        )
+        del adapted, skeleton
+
+
+if __name__ == "__main__":
+    main()
