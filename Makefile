@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check tera tests
-	$(PY) -m ruff format --check tera tests
+	$(PY) -m ruff check tera tests benchmarks
+	$(PY) -m ruff format --check tera tests benchmarks
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

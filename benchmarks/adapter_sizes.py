@@ -55,11 +55,11 @@ def qv_skeleton() -> nn.Module:
 
 
 def main() -> None:
+    """Print one row per adapter."""
     with torch.device("meta"):
         meta_model = LlamaForCausalLM(LLAMA2_7B)
-    print(
-        f"{'adapter':<24} {'trainable':>11} {'Params (%)':>10} {'safetensors':>12} {'with factors':>13} {'adapt s':>8}"
-    )
+    header = ("adapter", "trainable", "Params (%)", "safetensors", "with factors", "adapt s")
+    print("{:<24} {:>11} {:>10} {:>12} {:>13} {:>8}".format(*header))
     for name, config in CONFIGS.items():
         report = parameter_report(meta_model, config)
         skeleton = qv_skeleton()
