@@ -97,9 +97,9 @@ def save_adapter(model: AdaptedModel, directory: str | Path, include_factors: bo
         "format_version": FORMAT_VERSION,
         "library": "tera",
         "library_version": __version__,
-        "kind": model.config.kind,
-        "config": model.config.to_dict(),
-        "seed": model.config.seed,
+        "kind": model.adapter_config.kind,
+        "config": model.adapter_config.to_dict(),
+        "seed": model.adapter_config.seed,
         "targets": {
             name: {"in_features": layer.in_features, "out_features": layer.out_features}
             for name, layer in model.adapter_layers.items()

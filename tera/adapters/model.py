@@ -255,6 +255,10 @@ def adapt(
 class AdaptedModel(nn.Module):
     """A model with adapters attached; forwards everything else to the base model.
 
+    Attributes not defined here (``config``, ``get_input_embeddings``, ...) are looked up
+    on the base model, so Hugging Face code sees the model it expects; the adapter's own
+    configuration is ``adapter_config``.
+
     Examples
     --------
     >>> import torch
@@ -279,7 +283,7 @@ class AdaptedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.base_model = model
-        self.config = config
+        self.adapter_config = config
         self._layer_names = list(layers)
         self.modules_to_save = modules_to_save
 

@@ -93,7 +93,11 @@ def randomize_adapter(adapted, seed: int = 0, std: float = 0.3) -> None:
     g = torch.Generator().manual_seed(seed)
     for name, p in adapted.adapter_parameters():
         noise = torch.randn(p.shape, generator=g) * std
-        p.copy_((1.0 + noise) if ".d." in f".{name}." and "tera" in adapted.config.kind else noise)
+        p.copy_(
+            (1.0 + noise)
+            if ".d." in f".{name}." and "tera" in adapted.adapter_config.kind
+            else noise
+        )
 
 
 def fresh(model_name: str) -> tuple[nn.Module, nn.Module]:

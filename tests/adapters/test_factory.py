@@ -352,3 +352,30 @@ def test_params_percent_matches_the_paper_on_a_meta_llama2_7b(config, paper_perc
     assert report.base == 6_738_415_616
     assert len(report.layers) == 64
     assert round(report.percent, 4) == paper_percent
+
+
+def test_generate_passes_through():
+    model = adapt(llama(), make_config("tera", "llama"))
+    randomize_adapter(model)
+    prompt = torch.tensor([[1, 2, 3]])
+    out = model.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 7)
+    model.merge()
+    assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), out)
+    with pytest.raises(AttributeError, match="Sequential has no generate"):
+        adapt(mlp(), make_config("tera", "mlp")).generate()
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    _saved(tmp_path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_attribute_access_falls_through_to_the_base_model():
+    model = adapt(llama(), make_config("lora", "llama"))
+    assert model.adapter_config.kind == "lora"
+    assert model.config is model.base_model.config  # HF's config, as Trainer expects
+    assert model.get_input_embeddings() is model.base_model.get_input_embeddings()
