@@ -34,3 +34,29 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage build *.egg-info
+
+# The docs site: `make docs` installs tera[docs] into the same .venv (after torch, through
+# the stamp above, so pip never resolves torch itself), builds docs/_build/html with
+# warnings as errors and checks its links, anchors and that nothing loads from outside.
+# `make docs-check` also opens every page in headless Chromium (Debian's chromium and
+# chromium-driver): math rendered, screenshots in docs/_build/screenshots.
+DOCS_STAMP := $(VENV)/.installed-docs
+DOCS_OUT   := docs/_build
+
+.PHONY: docs docs-check clean-docs
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -b html -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/html
+	$(PY) scripts/check_docs.py --no-browser
+
+docs-check: docs
+	$(PY) scripts/check_docs.py
+
+clean: clean-docs
+
+clean-docs:
+	rm -rf $(DOCS_OUT)

@@ -27,7 +27,7 @@ __all__ = ["Rank1Approximation", "rank1_approx", "spectral_norm"]
 
 
 class Rank1Approximation(NamedTuple):
-    """A rank-1 tensor ``scale * u_1 o u_2 o ... o u_N`` with unit-norm vectors.
+    """A rank-1 tensor ``scale * outer(u_1, ..., u_N)`` with unit-norm vectors ``u_i``.
 
     Examples
     --------
