@@ -108,8 +108,15 @@ def _copy_mathjax(app: Any, exception: Exception | None) -> None:
     shutil.copy2(MATHJAX_ES5.parent / "LICENSE", target / "LICENSE")
 
 
+def _fresh_source_pages(app: Any) -> None:
+    # viewcode rewrites a _modules/ page only when the module's file is newer than it, so an
+    # incremental build keeps stale "[docs]" back-links after the API pages change.
+    shutil.rmtree(Path(app.outdir) / "_modules", ignore_errors=True)
+
+
 def setup(app: Any) -> None:
-    """Copy the bundled MathJax into the HTML output after a successful build."""
+    """Regenerate the source pages every build; copy MathJax into the output at the end."""
+    app.connect("builder-inited", _fresh_source_pages)
     app.connect("build-finished", _copy_mathjax)
 
 
