@@ -48,6 +48,7 @@ nitpick_ignore_regex = [
     ("py:class", r"(numpy|np|npt|torch|collections\.abc|typing|opt_einsum)\..+"),
     ("py:class", r"tera\.tn\._backend\.Array"),  # the numpy-or-torch TypeVar
     ("py:class", r"sequence|optional|array"),  # prose types of numpy-style docstrings
+    ("py:class", r"nn\..+|(pathlib\.)?Path"),  # torch.nn and pathlib names as annotated
 ]
 
 # -- API reference: autodoc + napoleon (numpy-style docstrings) -------------------------

@@ -19,7 +19,7 @@ __all__ = ["Adapter", "kaiming_uniform"]
 def kaiming_uniform(key: str, shape: tuple[int, int], fan_in: int) -> torch.Tensor:
     """Kaiming-uniform as torch's ``nn.Linear`` default (``a = sqrt(5)``): ``U(±1/sqrt(fan_in))``.
 
-    Drawn from the bit-exact counter-based stream of :func:`counter_uniform`.
+    Drawn from the bit-exact counter-based stream of :func:`~tera.adapters.factors.counter_uniform`.
 
     Examples
     --------
@@ -34,15 +34,15 @@ class Adapter(nn.Module):
     """Base class: one adapter attached to one layer ``in_features -> out_features``.
 
     Subclasses create their trainable parameters (registered on the module) and their frozen
-    shared factors (requested from :class:`SharedFactors` by key) in ``__init__``, and
-    describe ``dW`` in :meth:`network`. They never evaluate anything themselves: the engine
-    does.
+    shared factors (requested from :class:`~tera.adapters.factors.SharedFactors` by key) in
+    ``__init__``, and describe ``dW`` in :meth:`network`. They never evaluate anything
+    themselves: the engine does.
     """
 
     kind: ClassVar[str] = ""
     config_class: ClassVar[type[AdapterConfig]] = AdapterConfig
     uses_base_weight: ClassVar[bool] = False
-    """True when dW depends on the base weight (HiRA): merge keeps a copy to unmerge exactly."""
+    """Whether dW depends on the base weight (HiRA); merge then keeps a copy to unmerge exactly."""
 
     def __init__(
         self,
@@ -90,7 +90,10 @@ class Adapter(nn.Module):
         return list(self._factor_keys)
 
     def network(self, base_weight: torch.Tensor) -> Network:
-        """``dW`` as a :class:`Network`; ``base_weight`` is the layer's ``out x in`` weight."""
+        """``dW`` as a :class:`~tera.adapters.engine.Network`.
+
+        ``base_weight`` is the layer's ``out x in`` weight (used by HiRA).
+        """
         raise NotImplementedError
 
     @classmethod

@@ -47,8 +47,10 @@ class Network:
         ``in_features``).
     out_subscripts : str
         Subscripts of the output features, row-major.
-    in_shape, out_shape : tuple of int
-        Sizes of those subscripts.
+    in_shape : tuple of int
+        Sizes of the input subscripts.
+    out_shape : tuple of int
+        Sizes of the output subscripts.
     scale : float
         A scalar applied to ``dW``.
 

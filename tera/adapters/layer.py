@@ -65,8 +65,11 @@ class AdapterLinear(nn.Module):
         The wrapped layer (never modified unless merged).
     adapter : Adapter
         The adapter (trainable parameters and a reference to the shared factors).
-    path : {"auto", "materialize", "push"}
-        How the engine evaluates the adapter; ``"auto"`` picks the cheaper per call.
+    path : str
+        How the engine evaluates the adapter: ``"materialize"``, ``"push"``, or ``"auto"``
+        (the default), which picks the cheaper for each call's token count.
+    last_path : str or None
+        The path the last forward call took (``None`` before the first call).
 
     Examples
     --------

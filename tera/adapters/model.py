@@ -144,7 +144,7 @@ class ParameterReport:
 
     @property
     def percent(self) -> float:
-        """The paper's "Params (%)": ``100 * adapter / (base + adapter)``."""
+        """The paper's "Params (%)", ``100 * adapter / (base + adapter)``."""
         return params_percent(self.adapter, self.base)
 
 
@@ -417,7 +417,7 @@ class AdaptedModel(nn.Module):
     def save_pretrained(self, directory: str | FsPath, include_factors: bool = False) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` to ``directory``.
 
-        See :func:`tera.adapters.io.save_adapter`.
+        See :func:`tera.adapters.save_adapter`.
         """
         from tera.adapters.io import save_adapter
 
