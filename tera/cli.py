@@ -124,7 +124,7 @@ def _rank(args: argparse.Namespace) -> int:
     print(f"{'layer':<50} {'shape':>12} {'rank':>6}")
     with torch.no_grad():
         for name, layer in model.adapter_layers.items():
-            rank = int(torch.linalg.matrix_rank(layer.delta_weight()))
+            rank = layer.delta_rank()
             print(f"{name:<50} {f'{layer.out_features}x{layer.in_features}':>12} {rank:>6}")
     return 0
 

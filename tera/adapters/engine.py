@@ -23,9 +23,9 @@ from typing import Literal
 import opt_einsum
 import torch
 
-from tera.tn import plan
+from tera.tn import ContractionPlan, plan
 
-__all__ = ["Network", "Path", "choose_path", "delta_weight", "push"]
+__all__ = ["Network", "Path", "choose_path", "delta_weight", "path_costs", "push"]
 
 Path = Literal["materialize", "push"]
 COMPUTE_DTYPE = torch.float32
@@ -104,15 +104,37 @@ class Network:
         return tuple(tuple(op.shape) for op in self.operands)
 
 
-def _operands(net: Network) -> list[torch.Tensor]:
+def _limit(output: int, shapes: tuple[tuple[int, ...], ...]) -> int:
+    """No intermediate larger than the output or the largest operand (see tera.tn.plan)."""
+    return max(output, *(math.prod(s) for s in shapes))
+
+
+def _dw_plan(net: Network) -> ContractionPlan:
+    shapes = net.shapes()
+    limit = _limit(net.in_features * net.out_features, shapes)
+    return plan(net.dw_equation(), *shapes, memory_limit=limit)
+
+
+def _push_plan(net: Network, tokens: int) -> ContractionPlan:
+    shapes = ((tokens, *net.in_shape), *net.shapes())
+    limit = _limit(tokens * max(net.in_features, net.out_features), shapes)
+    return plan(net.push_equation(), *shapes, memory_limit=limit)
+
+
+def _operands(net: Network, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    if dtype is not None:
+        return [op.to(dtype) for op in net.operands]
     return [
         op if op.dtype == COMPUTE_DTYPE or op.dtype == torch.float64 else op.to(COMPUTE_DTYPE)
         for op in net.operands
     ]
 
 
-def delta_weight(net: Network) -> torch.Tensor:
+def delta_weight(net: Network, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Materialize ``dW`` (``out_features x in_features``) in at least float32.
+
+    ``dtype`` forces the precision of the whole evaluation (e.g. ``torch.float64`` to
+    measure the rank of a poorly conditioned TeRA update).
 
     Examples
     --------
@@ -122,8 +144,8 @@ def delta_weight(net: Network) -> torch.Tensor:
     >>> delta_weight(net).tolist()
     [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
-    ops = _operands(net)
-    dw = plan(net.dw_equation(), *net.shapes())(*ops)
+    ops = _operands(net, dtype)
+    dw = _dw_plan(net)(*ops)
     dw = dw.reshape(net.out_features, net.in_features)
     return dw * net.scale if net.scale != 1.0 else dw
 
@@ -146,7 +168,7 @@ def push(net: Network, x: torch.Tensor) -> torch.Tensor:
     xt = x.reshape(tokens, *net.in_shape)
     if xt.dtype != ops[0].dtype:
         xt = xt.to(ops[0].dtype)
-    out = plan(net.push_equation(), tuple(xt.shape), *net.shapes())(xt, *ops)
+    out = _push_plan(net, tokens)(xt, *ops)
     out = out.reshape(tokens, net.out_features)
     return out * net.scale if net.scale != 1.0 else out
 
@@ -157,10 +179,10 @@ def path_costs(net: Network, tokens: int, fused: bool) -> dict[Path, int]:
     ``fused`` means the materialized ``dW`` is added to the base weight and one matmul
     serves both (no second ``2 * tokens * in * out`` product).
     """
-    dw_plan = plan(net.dw_equation(), *net.shapes())
+    dw_plan = _dw_plan(net)
     size = net.in_features * net.out_features
     materialize = dw_plan.flops + size + (0 if fused else 2 * tokens * size)
-    push_plan = plan(net.push_equation(), (tokens, *net.in_shape), *net.shapes())
+    push_plan = _push_plan(net, tokens)
     return {"materialize": materialize, "push": push_plan.flops}
 
 

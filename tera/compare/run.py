@@ -65,7 +65,8 @@ def _search_lr(
     settings = preset.settings.__class__(
         **{**preset.settings.__dict__, "steps": preset.search_steps}
     )
-    trials = {}
+    trials: dict[str, float] = {}
+    final_loss: dict[float, float] = {}
     for lr in method.lr_grid:
         r = train_run(
             load,
@@ -78,8 +79,11 @@ def _search_lr(
             desc=f"{method.name} lr={lr:g}",
         )
         trials[f"{lr:g}"] = r.accuracy
+        tail = r.losses[-10:] or [float("inf")]
+        final_loss[lr] = sum(tail) / len(tail)
         log(f"  {method.label:<14} lr={lr:<8g} validation accuracy {r.accuracy:.3f}")
-    best = max(method.lr_grid, key=lambda lr: trials[f"{lr:g}"])
+    # best validation accuracy; ties (common on short budgets) go to the lower training loss
+    best = max(method.lr_grid, key=lambda lr: (trials[f"{lr:g}"], -final_loss[lr]))
     return best, trials
 
 

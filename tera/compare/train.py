@@ -243,11 +243,7 @@ def _schedule(step: int, settings: TrainSettings) -> float:
 def _ranks(adapted: AdaptedModel | None) -> dict[str, int]:
     if adapted is None:
         return {}
-    with torch.no_grad():
-        return {
-            name: int(torch.linalg.matrix_rank(layer.delta_weight().float()))
-            for name, layer in adapted.adapter_layers.items()
-        }
+    return {name: layer.delta_rank() for name, layer in adapted.adapter_layers.items()}
 
 
 def train_run(

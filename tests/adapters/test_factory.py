@@ -379,3 +379,17 @@ def test_attribute_access_falls_through_to_the_base_model():
     assert model.adapter_config.kind == "lora"
     assert model.config is model.base_model.config  # HF's config, as Trainer expects
     assert model.get_input_embeddings() is model.base_model.get_input_embeddings()
+
+
+@pytest.mark.parametrize("kind", ["tera", "vera", "hira", "lora"])
+def test_engine_plans_never_exceed_operand_or_output_size(kind):
+    from tera.adapters.engine import _dw_plan, _push_plan
+
+    model = adapt(llama(), make_config(kind, "llama"))
+    for layer in model.adapter_layers.values():
+        net = layer.adapter.network(layer.base_weight())
+        biggest = max(op.numel() for op in net.operands)
+        assert _dw_plan(net).largest_intermediate <= max(
+            biggest, net.in_features * net.out_features
+        )
+        assert _push_plan(net, 4096).largest_intermediate <= max(biggest, 4096 * 32)

@@ -170,3 +170,15 @@ def test_bad_schemes_name_the_fix(cfg, error, match):
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TeRAConfig(**kwargs)
+
+
+def test_rank_is_measured_in_float64():
+    """A (64 | 2, ..., 2) update is full rank, but so poorly conditioned that float32 hides it."""
+    _, layer = _layer(64, 64, in_mode=64, out_mode=2)
+    with torch.no_grad():
+        for d in layer.adapter.d:
+            d.copy_(1 + 0.5 * torch.randn_like(d))
+    dw64 = layer.delta_weight(torch.float64)
+    assert dw64.dtype == torch.float64
+    torch.testing.assert_close(dw64.float(), layer.delta_weight().detach(), atol=1e-6, rtol=1e-4)
+    assert layer.delta_rank() == rank_bound(layer.adapter.ranks, layer.adapter.k) == 64

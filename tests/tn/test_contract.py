@@ -68,3 +68,14 @@ def test_contract_errors_name_the_problem():
 def test_ellipsis_is_left_to_opt_einsum():
     out = contract("...j,jk->...k", np.ones((2, 3, 4)), np.ones((4, 5)))
     assert out.shape == (2, 3, 5)
+
+
+def test_memory_limit_keeps_intermediates_small():
+    # VeRA's dW: opt_einsum alone goes through a 256 x 384 x 384 outer product
+    shapes = [(384,), (384, 256), (256,), (256, 384)]
+    free = plan("o,or,r,ri->oi", *shapes)
+    limited = plan("o,or,r,ri->oi", *shapes, memory_limit=384 * 384)
+    assert free.largest_intermediate == 256 * 384 * 384
+    assert limited.largest_intermediate <= 384 * 384
+    assert limited.flops <= free.flops
+    assert plan("o,or,r,ri->oi", *shapes, memory_limit=384 * 384) is limited
