@@ -142,3 +142,21 @@ def test_cli_rank(tmp_path, capsys):
         for n, l in model.adapter_layers.items()
     }
     assert {line.split()[0]: int(line.split()[-1]) for line in lines} == expected
+
+
+def test_causal_lm_path_scores_choices_by_likelihood(tmp_path):
+    """The causal-LM branch (SmolLM2's): train on question -> answer, pick the likeliest choice."""
+    from tera.compare.presets import PRESETS
+    from tera.compare.run import compare
+
+    preset = PRESETS["smoke"].with_overrides(
+        model="tiny-lm", methods=("tera", "lora", "head"), seeds=1
+    )
+    results = compare(preset, tmp_path, log=lambda _: None)
+    for name, e in results["methods"].items():
+        task = e["tasks"]["synthetic"]
+        assert 0.0 <= task["accuracy"][0] <= 1.0
+        # "head" on a causal LM has nothing to train: it is the zero-shot baseline
+        assert (len(task["losses"][0]) == 0) == (name == "head")
+        assert e["head_params"] == 0
+    assert results["methods"]["tera"]["tasks"]["synthetic"]["ranks"]
