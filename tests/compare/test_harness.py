@@ -138,10 +138,12 @@ def test_cli_rank(tmp_path, capsys):
     assert main(["rank", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     expected = {
-        n: int(torch.linalg.matrix_rank(l.delta_weight().detach()))
+        n: int(torch.linalg.matrix_rank(l.delta_weight(torch.float64)))
         for n, l in model.adapter_layers.items()
     }
     assert {line.split()[0]: int(line.split()[-1]) for line in lines} == expected
+    # measured in float64, TeRA's update is full rank (Theorem 1): q is 32 x 32, v is 16 x 32
+    assert set(expected.values()) == {32, 16}
 
 
 def test_causal_lm_path_scores_choices_by_likelihood(tmp_path):
