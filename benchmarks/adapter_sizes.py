@@ -19,14 +19,10 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tera.adapters import HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig, adapt, parameter_report
+from tera.cli import BUNDLED_CONFIGS
 
 LLAMA2_7B = LlamaConfig(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
+    **{k: v for k, v in BUNDLED_CONFIGS["llama-2-7b"].items() if k != "model_type"}
 )
 
 CONFIGS = {

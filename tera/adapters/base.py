@@ -77,6 +77,15 @@ class Adapter(nn.Module):
     def _param(self, value: torch.Tensor) -> nn.Parameter:
         return nn.Parameter(value.to(self._device) if self._device is not None else value)
 
+    def _low_rank_pair(self, r: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """Trainable ``A`` (r x in, Kaiming-uniform, seeded per layer) and ``B`` (out x r, zeros).
+
+        The init rule LoRA and HiRA share: ``B A = 0`` at the start.
+        """
+        key = f"{self.kind}|A|{self.layer_name}|seed={self.config.seed}"
+        a = self._param(kaiming_uniform(key, (r, self.in_features), self.in_features))
+        return a, self._param(torch.zeros(self.out_features, r))
+
     # -- the contract ----------------------------------------------------------------------
     @property
     def shared(self) -> SharedFactors:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tera.adapters.base import Adapter, kaiming_uniform
+from tera.adapters.base import Adapter
 from tera.adapters.config import LoRAConfig
 from tera.adapters.engine import Network
 from tera.adapters.factors import SharedFactors
@@ -39,13 +39,7 @@ class LoRA(Adapter):
         device: torch.device | None = None,
     ) -> None:
         super().__init__(config, in_features, out_features, shared, layer_name, device)
-        r = config.r
-        self.A = self._param(
-            kaiming_uniform(
-                f"lora|A|{layer_name}|seed={config.seed}", (r, in_features), in_features
-            )
-        )
-        self.B = self._param(torch.zeros(out_features, r))
+        self.A, self.B = self._low_rank_pair(config.r)
         self.scaling = config.scaling
 
     def network(self, base_weight: torch.Tensor) -> Network:

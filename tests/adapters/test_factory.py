@@ -20,6 +20,7 @@ from tera.adapters import (
     parameter_report,
 )
 from tera.adapters.engine import choose_path
+from tera.cli import BUNDLED_CONFIGS
 from tera.errors import (
     AdapterStateError,
     DTypeError,
@@ -324,14 +325,7 @@ def test_gpt2_conv1d_layers(kind):
     torch.testing.assert_close(merged(x).last_hidden_state, out, atol=ATOL, rtol=RTOL)
 
 
-LLAMA2_7B = dict(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-)
+LLAMA2_7B = {k: v for k, v in BUNDLED_CONFIGS["llama-2-7b"].items() if k != "model_type"}
 
 
 @pytest.mark.parametrize(
