@@ -14,6 +14,7 @@ LoRA (r=32)              16,777,216      0.2484
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -142,7 +143,7 @@ def _compare(args: argparse.Namespace) -> int:
     )
     if args.steps:
         preset = preset.with_overrides(
-            settings=preset.settings.__class__(**{**preset.settings.__dict__, "steps": args.steps})
+            settings=dataclasses.replace(preset.settings, steps=args.steps)
         )
     results = compare(preset, args.out)
     print((Path(args.out) / "results.md").read_text())

@@ -35,8 +35,8 @@ class Adapter(nn.Module):
 
     Subclasses create their trainable parameters (registered on the module) and their frozen
     shared factors (requested from :class:`~tera.adapters.factors.SharedFactors` by key) in
-    ``__init__``, and describe ``dW`` in :meth:`network`. They never evaluate anything
-    themselves: the engine does.
+    ``_build``, which the constructor calls, and describe ``dW`` in :meth:`network`. They
+    never evaluate anything themselves: the engine does.
     """
 
     kind: ClassVar[str] = ""
@@ -61,6 +61,11 @@ class Adapter(nn.Module):
         self._device = device
         object.__setattr__(self, "_shared", shared)  # a reference, not a registered child
         self._factor_keys: list[str] = []
+        self._build()
+
+    def _build(self) -> None:
+        """Create the trainable parameters and request the shared factors (per adapter)."""
+        raise NotImplementedError
 
     # -- helpers for subclasses ------------------------------------------------------------
     def _shared_factor(self, key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -7,7 +7,6 @@ import torch
 from tera.adapters.base import Adapter
 from tera.adapters.config import HiRAConfig
 from tera.adapters.engine import Network
-from tera.adapters.factors import SharedFactors
 from tera.theory import hira_parameter_count
 
 __all__ = ["HiRA"]
@@ -29,16 +28,10 @@ class HiRA(Adapter):
     config_class = HiRAConfig
     uses_base_weight = True
 
-    def __init__(
-        self,
-        config: HiRAConfig,
-        in_features: int,
-        out_features: int,
-        shared: SharedFactors,
-        layer_name: str,
-        device: torch.device | None = None,
-    ) -> None:
-        super().__init__(config, in_features, out_features, shared, layer_name, device)
+    config: HiRAConfig
+
+    def _build(self) -> None:
+        config = self.config
         self.A, self.B = self._low_rank_pair(config.r)
 
     def network(self, base_weight: torch.Tensor) -> Network:

@@ -7,7 +7,6 @@ import torch
 from tera.adapters.base import Adapter
 from tera.adapters.config import LoRAConfig
 from tera.adapters.engine import Network
-from tera.adapters.factors import SharedFactors
 from tera.theory import lora_parameter_count
 
 __all__ = ["LoRA"]
@@ -29,16 +28,10 @@ class LoRA(Adapter):
     kind = "lora"
     config_class = LoRAConfig
 
-    def __init__(
-        self,
-        config: LoRAConfig,
-        in_features: int,
-        out_features: int,
-        shared: SharedFactors,
-        layer_name: str,
-        device: torch.device | None = None,
-    ) -> None:
-        super().__init__(config, in_features, out_features, shared, layer_name, device)
+    config: LoRAConfig
+
+    def _build(self) -> None:
+        config = self.config
         self.A, self.B = self._low_rank_pair(config.r)
         self.scaling = config.scaling
 

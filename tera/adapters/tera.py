@@ -34,7 +34,7 @@ from torch import nn
 from tera.adapters.base import Adapter
 from tera.adapters.config import TeRAConfig
 from tera.adapters.engine import Network
-from tera.adapters.factors import SharedFactors, counter_uniform
+from tera.adapters.factors import counter_uniform
 from tera.errors import RankError, ShapeError, TensorizationError
 from tera.tn import multi_mode_product, split_dim, suggest_modes
 
@@ -135,16 +135,11 @@ class TeRA(Adapter):
     kind = "tera"
     config_class = TeRAConfig
 
-    def __init__(
-        self,
-        config: TeRAConfig,
-        in_features: int,
-        out_features: int,
-        shared: SharedFactors,
-        layer_name: str,
-        device: torch.device | None = None,
-    ) -> None:
-        super().__init__(config, in_features, out_features, shared, layer_name, device)
+    config: TeRAConfig
+
+    def _build(self) -> None:
+        config, in_features, out_features = self.config, self.in_features, self.out_features
+        layer_name = self.layer_name
         modes, k, ranks, zero = resolve_scheme(config, in_features, out_features, layer_name)
         self.modes, self.k, self.ranks, self.zero_index = modes, k, ranks, zero
         scale = config.scale if config.scale is not None else 1.0 / math.sqrt(in_features)

@@ -9,7 +9,6 @@ import torch
 from tera.adapters.base import Adapter, kaiming_uniform
 from tera.adapters.config import VeRAConfig
 from tera.adapters.engine import Network
-from tera.adapters.factors import SharedFactors
 from tera.theory import vera_parameter_count
 
 __all__ = ["VeRA"]
@@ -37,16 +36,10 @@ class VeRA(Adapter):
     kind = "vera"
     config_class = VeRAConfig
 
-    def __init__(
-        self,
-        config: VeRAConfig,
-        in_features: int,
-        out_features: int,
-        shared: SharedFactors,
-        layer_name: str,
-        device: torch.device | None = None,
-    ) -> None:
-        super().__init__(config, in_features, out_features, shared, layer_name, device)
+    config: VeRAConfig
+
+    def _build(self) -> None:
+        config, in_features, out_features = self.config, self.in_features, self.out_features
         r, seed = config.r, config.seed
         self._key_A = f"vera|A|{r}x{in_features}|seed={seed}"
         self._key_B = f"vera|B|{out_features}x{r}|seed={seed}"

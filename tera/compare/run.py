@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -62,9 +63,7 @@ def _search_lr(
 ) -> tuple[float, dict[str, float]]:
     if len(method.lr_grid) == 1 or preset.search_steps == 0:
         return method.lr_grid[0], {}
-    settings = preset.settings.__class__(
-        **{**preset.settings.__dict__, "steps": preset.search_steps}
-    )
+    settings = dataclasses.replace(preset.settings, steps=preset.search_steps)
     trials: dict[str, float] = {}
     final_loss: dict[float, float] = {}
     for lr in method.lr_grid:
