@@ -30,7 +30,14 @@ from tera.errors import FingerprintError, LoadError
 if TYPE_CHECKING:
     from tera.adapters.model import AdaptedModel
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load_adapter", "save_adapter"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "load_adapter",
+    "load_adapter_weights",
+    "save_adapter",
+]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -228,6 +235,53 @@ def load_adapter(
     for _, p in adapted.adapter_parameters():
         p.requires_grad_(is_trainable)
     return adapted
+
+
+def load_adapter_weights(model: AdaptedModel, directory: str | Path) -> None:
+    """Load a saved adapter's tensors into a model that already carries the same adapter.
+
+    The inverse of :func:`save_adapter` for resuming training (what Hugging Face
+    ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the adapter's
+    parameters (and ``modules_to_save``) are overwritten in place and keep their
+    ``requires_grad``, so an optimizer holding them stays valid.
+
+    Raises
+    ------
+    LoadError
+        Missing or corrupted files, or an adapter saved with another configuration or on
+        other layers.
+    FingerprintError
+        The frozen factors differ from those the adapter was trained with.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> from tera.adapters import TeRAConfig, adapt
+    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
+    ...                                                             target_modules=["0"]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     model.save_pretrained(d)
+    ...     with torch.no_grad(): _ = model.base_model[0].adapter.d[0].fill_(3.0)
+    ...     model.load_adapter_weights(d)
+    >>> model.base_model[0].adapter.d[0].tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    config = config_from_dict(meta["config"])
+    if config != model.adapter_config:
+        raise LoadError(
+            f"the adapter in {directory} was saved with {config!r}, but this model carries "
+            f"{model.adapter_config!r}; load it with from_pretrained() into a fresh base model"
+        )
+    saved, here = list(meta["targets"]), list(model.adapter_layers)
+    if sorted(saved) != sorted(here):
+        raise LoadError(
+            f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
+            f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
+        )
+    _restore(model, meta, _read_tensors(directory), directory)
 
 
 def _restore(

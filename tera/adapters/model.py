@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, overload
 
 from torch import nn
 
@@ -252,6 +253,38 @@ def adapt(
     return AdaptedModel(model, config, layers, [n for n, _ in saved])
 
 
+class _Forward:
+    """``AdaptedModel.forward``: calls the base model, shows the base ``forward``'s signature."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self._module.forward)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._module(*args, **kwargs)
+
+
+def _call_base(self: AdaptedModel, *args: Any, **kwargs: Any) -> Any:
+    """Call the base model (its adapted layers run their adapters)."""
+    return self.base_model(*args, **kwargs)
+
+
+class _ForwardDescriptor:
+    """``AdaptedModel.forward``: :class:`_Forward` on a model, a plain function on the class."""
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Callable[..., Any]: ...
+    @overload
+    def __get__(self, obj: AdaptedModel, owner: type | None = None) -> _Forward: ...
+    def __get__(
+        self, obj: AdaptedModel | None, owner: type | None = None
+    ) -> _Forward | Callable[..., Any]:
+        return _call_base if obj is None else _Forward(obj.base_model)
+
+
 class AdaptedModel(nn.Module):
     """A model with adapters attached; forwards everything else to the base model.
 
@@ -295,9 +328,13 @@ class AdaptedModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the base model (its adapted layers run their adapters)."""
-        return self.base_model(*args, **kwargs)
+    forward = _ForwardDescriptor()
+    """Call the base model (its adapted layers run their adapters).
+
+    On a model, a callable with the base model's ``forward`` signature, so code that
+    inspects it (Hugging Face ``Trainer`` keeps only the dataset columns it names) sees
+    ``input_ids``, ``labels``, ... rather than ``*args, **kwargs``.
+    """
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """Pass-through to the base model's ``generate`` (Hugging Face models)."""
@@ -414,11 +451,31 @@ class AdaptedModel(nn.Module):
                 layer.merge()
 
     # -- saving ----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | FsPath, include_factors: bool = False) -> None:
+    def save_pretrained(
+        self,
+        directory: str | FsPath,
+        include_factors: bool = False,
+        *,
+        is_main_process: bool = True,
+        **hf_kwargs: Any,
+    ) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` to ``directory``.
 
-        See :func:`tera.adapters.save_adapter`.
+        See :func:`tera.adapters.save_adapter`. Accepts the keyword arguments Hugging Face
+        code passes to a ``save_pretrained`` (``is_main_process``: only the main process of
+        a distributed run writes; ``state_dict``, ``safe_serialization``, ...: ignored, the
+        adapter's own tensors are saved, always as safetensors).
         """
         from tera.adapters.io import save_adapter
 
-        save_adapter(self, directory, include_factors=include_factors)
+        if is_main_process:
+            save_adapter(self, directory, include_factors=include_factors)
+
+    def load_adapter_weights(self, directory: str | FsPath) -> None:
+        """Load the tensors of an adapter saved from this same configuration (resume training).
+
+        See :func:`tera.adapters.io.load_adapter_weights`.
+        """
+        from tera.adapters.io import load_adapter_weights
+
+        load_adapter_weights(self, directory)
