@@ -3,7 +3,9 @@
 Every method adapts the query and value projections only; TeRA keeps the input dimension
 whole and splits the output into modes of 8 where it can (the paper's (4096 | 8, 8, 8, 8)
 on Llama; (384 | 8, 8, 6) on MiniLM; (576 | 8, 8, 9) and (576 | 8, 8, 3) on SmolLM2's
-q and v). ``head`` trains the task head only (the floor every adapter must beat).
+q and v). ``head`` trains the task head only (the floor every adapter must beat); on a
+causal LM there is no new head, so ``head`` becomes the zero-shot baseline (:data:`ZERO_SHOT`):
+no learning-rate search, no training, 0 trainable parameters, just the evaluation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from tera.adapters import AdapterConfig, HiRAConfig, LoRAConfig, TeRAConfig, VeR
 from tera.errors import TargetError
 from tera.tn import split_dim, suggest_modes
 
-__all__ = ["METHODS", "Method", "method_config", "parse_methods"]
+__all__ = ["METHODS", "ZERO_SHOT", "Method", "for_model_kind", "method_config", "parse_methods"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,21 @@ class Method:
     label : str
         The name shown in tables and plots.
     lr_grid : tuple of float
-        Learning rates tried on the validation split.
+        Learning rates tried on the validation split (empty when nothing trains).
+    trains : bool
+        ``False`` for the zero-shot baseline: the model is evaluated as it is.
+
+    Examples
+    --------
+    >>> from tera.compare.methods import METHODS
+    >>> METHODS["tera"].label, METHODS["tera"].lr_grid
+    ('TeRA', (0.01, 0.03, 0.1))
     """
 
     name: str
     label: str
     lr_grid: tuple[float, ...]
+    trains: bool = True
 
 
 METHODS: dict[str, Method] = {
@@ -48,10 +59,33 @@ METHODS: dict[str, Method] = {
         # (measured: 1e-3 and 3e-3 left r = 1 at the majority class after 150 steps)
         Method("hira", "HiRA (r=32)", (3e-3, 1e-2)),
         Method("hira1", "HiRA (r=1)", (1e-2, 3e-2)),
-        Method("vera", "VeRA (r=256)", (1e-2, 3e-2)),
-        Method("tera", "TeRA", (1e-2, 3e-2)),
+        # three points: with two, both picked the top one (3e-2) on the default preset
+        Method("vera", "VeRA (r=256)", (1e-2, 3e-2, 1e-1)),
+        Method("tera", "TeRA", (1e-2, 3e-2, 1e-1)),
     )
 }
+
+#: ``head`` on a causal LM: nothing to train (no new head), the pretrained model as it is.
+ZERO_SHOT = Method("head", "Zero-shot", (), trains=False)
+
+
+def for_model_kind(method: Method, kind: str) -> Method:
+    """``method`` as it runs on a model of ``kind`` (``"classifier"`` or ``"causal_lm"``).
+
+    A classifier gets a new task head, which ``head`` trains; a causal LM answers with its own
+    vocabulary, so there ``head`` is :data:`ZERO_SHOT`. Every other method is unchanged.
+
+    Examples
+    --------
+    >>> from tera.compare.methods import METHODS, for_model_kind
+    >>> for_model_kind(METHODS["head"], "causal_lm").label
+    'Zero-shot'
+    >>> for_model_kind(METHODS["head"], "classifier").label
+    'Head only'
+    """
+    if kind not in ("classifier", "causal_lm"):
+        raise TargetError(f"unknown model kind {kind!r}; choose 'classifier' or 'causal_lm'")
+    return ZERO_SHOT if method.name == "head" and kind == "causal_lm" else method
 
 
 def parse_methods(spec: str | Sequence[str]) -> list[Method]:

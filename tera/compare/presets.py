@@ -71,7 +71,8 @@ PRESETS: dict[str, Preset] = {
         n_test=800,
         seeds=1,
         search_steps=40,
-        # ~0.35 s per adapter step on 2 cores (MiniLM, batch 16, <= 32 tokens): <= 10 min total
+        # ~0.35 s per adapter step on 2 cores (MiniLM, batch 16, <= 32 tokens): 14 lr trials
+        # of 40 steps (TeRA and VeRA try three rates) and 6 runs of 150: <= 10 min total
         settings=TrainSettings(steps=150, batch_size=16, max_length=32, warmup_steps=10),
     ),
     "paper-small": Preset(

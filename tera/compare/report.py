@@ -9,7 +9,20 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown_table", "summary_line", "wilcoxon_vs_tera", "write_reports"]
+from matplotlib.figure import Figure
+
+__all__ = [
+    "MIN_PAIRS",
+    "accuracy_plot",
+    "loss_plot",
+    "markdown_table",
+    "p_value_cell",
+    "paired_accuracies",
+    "rank_plot",
+    "summary_line",
+    "wilcoxon_vs_tera",
+    "write_reports",
+]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -22,52 +35,116 @@ def _percent(entry: dict[str, Any]) -> float:
     return 100.0 * adapter / (base + adapter) if base + adapter else 0.0
 
 
+#: Fewest (task, seed) pairs a Wilcoxon p-value is reported for. Fewer pairs leave the
+#: test next to nothing to say: with n pairs the smallest two-sided p it can reach is
+#: 2 / 2**n (0.25 at 3 pairs; below 0.05 only from 6 pairs on).
+MIN_PAIRS = 3
+
+
+def paired_accuracies(
+    results: dict[str, Any], name: str, against: str = "tera"
+) -> list[tuple[float, float]]:
+    """(``against``, ``name``) test accuracies of the runs both made, paired by (task, seed).
+
+    A run is identified by its task and its seed (the seed fixes the data order and the
+    initialization for every method alike), so a pair compares two methods under the same
+    conditions. Runs only one of the two methods made are left out.
+
+    Examples
+    --------
+    >>> from tera.compare.report import paired_accuracies
+    >>> r = {"methods": {
+    ...     "tera": {"tasks": {"t": {"seeds": [0, 1], "accuracy": [0.6, 0.7]}}},
+    ...     "vera": {"tasks": {"t": {"seeds": [1, 2], "accuracy": [0.5, 0.4]}}}}}
+    >>> paired_accuracies(r, "vera")
+    [(0.7, 0.5)]
+    """
+
+    def runs(method: str) -> dict[tuple[str, int], float]:
+        out = {}
+        for task, t in results["methods"][method]["tasks"].items():
+            seeds = t.get("seeds", range(len(t["accuracy"])))
+            out.update({(task, seed): acc for seed, acc in zip(seeds, t["accuracy"], strict=True)})
+        return out
+
+    mine, theirs = runs(against), runs(name)
+    return [(mine[key], theirs[key]) for key in sorted(mine) if key in theirs]
+
+
 def wilcoxon_vs_tera(results: dict[str, Any]) -> dict[str, float | None]:
     """Two-sided Wilcoxon signed-rank p-value of TeRA against each method.
 
-    Pairs are (task, seed) accuracies. ``None`` when TeRA is absent, the pairs are fewer than
-    two, or every difference is zero (the test is undefined).
+    Pairs are the (task, seed) runs both methods made (:func:`paired_accuracies`). ``None``
+    when they are fewer than :data:`MIN_PAIRS` or every difference is zero (the test is
+    undefined); :func:`p_value_cell` says which. Empty when TeRA did not run.
 
     Examples
     --------
     >>> from tera.compare.report import wilcoxon_vs_tera
     >>> r = {"methods": {"tera": {"tasks": {"t": {"accuracy": [0.6, 0.7, 0.8]}}},
-    ...                  "vera": {"tasks": {"t": {"accuracy": [0.5, 0.6, 0.6]}}}}}
-    >>> round(wilcoxon_vs_tera(r)["vera"], 3)
-    0.25
+    ...                  "vera": {"tasks": {"t": {"accuracy": [0.5, 0.6, 0.6]}}},
+    ...                  "lora": {"tasks": {"t": {"accuracy": [0.9, 0.9]}}}}}
+    >>> p = wilcoxon_vs_tera(r)
+    >>> round(p["vera"], 3), p["lora"]
+    (0.25, None)
     """
     from scipy.stats import wilcoxon
 
-    methods = results["methods"]
-    if "tera" not in methods:
+    if "tera" not in results["methods"]:
         return {}
-    tera_tasks = methods["tera"]["tasks"]
     out: dict[str, float | None] = {}
-    for name, entry in methods.items():
+    for name in results["methods"]:
         if name == "tera":
             continue
-        a, b = [], []
-        for task, t in entry["tasks"].items():
-            if task in tera_tasks:
-                pairs = list(zip(tera_tasks[task]["accuracy"], t["accuracy"], strict=False))
-                a += [x for x, _ in pairs]
-                b += [y for _, y in pairs]
-        diffs = [x - y for x, y in zip(a, b, strict=True)]
-        if len(diffs) < 2 or all(d == 0 for d in diffs):
+        pairs = paired_accuracies(results, name)
+        if len(pairs) < MIN_PAIRS or all(a == b for a, b in pairs):
             out[name] = None
             continue
+        a, b = [x for x, _ in pairs], [y for _, y in pairs]
         out[name] = float(wilcoxon(a, b, zero_method="zsplit").pvalue)
     return out
+
+
+def p_value_cell(results: dict[str, Any], name: str) -> str:
+    """The "p (vs TeRA)" cell of ``name``: the p-value, or why there is none.
+
+    Examples
+    --------
+    >>> from tera.compare.report import p_value_cell
+    >>> r = {"methods": {"tera": {"tasks": {"t": {"accuracy": [0.6]}}},
+    ...                  "vera": {"tasks": {"t": {"accuracy": [0.5]}}}}}
+    >>> p_value_cell(r, "vera")
+    'n/a (needs >= 3 paired runs)'
+    """
+    if name == "tera" or "tera" not in results["methods"]:
+        return "-"
+    pairs = paired_accuracies(results, name)
+    if len(pairs) < MIN_PAIRS:
+        return f"n/a (needs >= {MIN_PAIRS} paired runs)"
+    p = wilcoxon_vs_tera(results)[name]
+    return "n/a (all pairs tied)" if p is None else f"{p:.3g}"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The comparison as a Markdown table shaped like the paper's Table 2.
 
     Accuracies are in percent, mean ± std over seeds; "Params (%)" counts the adapter only
-    (``100 * adapter / (base + adapter)``), the task head is listed apart.
+    (``100 * adapter / (base + adapter)``), the task head is listed apart. "p (vs TeRA)" is
+    the Wilcoxon signed-rank p-value over (task, seed) pairs (:func:`p_value_cell`), "Train
+    MB" the memory training holds beyond the base model (see
+    :func:`~tera.compare.train.train_run`).
+
+    Examples
+    --------
+    >>> from tera.compare.report import markdown_table
+    >>> entry = {"label": "TeRA", "adapter_params": 10, "head_params": 5, "base_params": 990,
+    ...          "tasks": {"t": {"accuracy": [0.5, 0.6], "lr": 0.01, "train_seconds": [1, 1],
+    ...                          "train_memory_mb": [2.0, 2.0]}}}
+    >>> results = {"tasks": {"t": {"majority_accuracy": 0.5}}, "methods": {"tera": entry}}
+    >>> print(markdown_table(results).splitlines()[2])
+    | TeRA | 1.0000 | 5 | 55.00 ± 7.07 | 55.00 | - | 1 | 2.0 |
     """
     tasks = list(results["tasks"])
-    p_values = wilcoxon_vs_tera(results)
     header = [
         "Method",
         "Params (%)",
@@ -76,7 +153,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "Average",
         "p (vs TeRA)",
         "Train s",
-        "Peak MB",
+        "Train MB",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in results["methods"].items():
@@ -91,12 +168,12 @@ def markdown_table(results: dict[str, Any]) -> str:
             else:
                 cells.append("-")
         cells.append(f"{statistics.fmean(means):.2f}" if means else "-")
-        p = p_values.get(name)
-        cells.append("-" if name == "tera" or p is None else f"{p:.3g}")
+        cells.append(p_value_cell(results, name))
+        trains = entry.get("trains", True)
         secs = [s for t in entry["tasks"].values() for s in t["train_seconds"]]
-        mem = [m for t in entry["tasks"].values() for m in t["peak_memory_mb"]]
-        cells.append(f"{statistics.fmean(secs):.0f}" if secs else "-")
-        cells.append(f"{max(mem):.0f}" if mem else "-")
+        mem = [m for t in entry["tasks"].values() for m in t.get("train_memory_mb", [])]
+        cells.append(f"{statistics.fmean(secs):.0f}" if secs and trains else "-")
+        cells.append(f"{max(mem):.1f}" if mem and trains else "-")
         lines.append("| " + " | ".join(cells) + " |")
     majority = ", ".join(
         f"{t}: {100 * v['majority_accuracy']:.1f}" for t, v in results["tasks"].items()
@@ -107,8 +184,22 @@ def markdown_table(results: dict[str, Any]) -> str:
         + "; ".join(
             f"{e['label']} " + ", ".join(f"{t['lr']:g}" for t in e["tasks"].values())
             for e in results["methods"].values()
+            if e.get("trains", True)
         )
         + "."
+    )
+    if any(not e.get("trains", True) for e in results["methods"].values()):
+        lines.append("")
+        lines.append(
+            "Zero-shot: the pretrained causal LM as it is (no new head to train), each choice "
+            "scored by its likelihood; no learning rate, no training, 0 trainable parameters."
+        )
+    lines.append("")
+    lines.append(
+        f"p (vs TeRA): two-sided Wilcoxon signed-rank test over the (task, seed) pairs both "
+        f"methods ran, reported from {MIN_PAIRS} pairs on. Train MB: what training holds "
+        "beyond the base model, measured in the first step: tensors saved for backward "
+        "(activations), gradients, AdamW state and the adapter's own weights."
     )
     return "\n".join(lines) + "\n"
 
@@ -134,15 +225,28 @@ def _layer_index(name: str) -> int:
     return int(found[0]) if found else 0
 
 
-def _plots(results: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
+_PANEL_TITLES = {"query": "q", "q_proj": "q", "value": "v", "v_proj": "v"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    written = []
-    # Figure 1: accuracy against trainable adapter parameters (log axis)
-    fig, ax = plt.subplots(figsize=(6, 4))
+def accuracy_plot(results: dict[str, Any]) -> Figure:
+    """Mean test accuracy against trainable adapter parameters, log axis (the paper's Fig. 1).
+
+    Methods without adapter parameters (head only, zero-shot) are drawn as dashed
+    horizontal lines: the floor the adapters start from.
+
+    Examples
+    --------
+    >>> from tera.compare.report import accuracy_plot
+    >>> t = lambda acc: {"t": {"accuracy": [acc]}}
+    >>> r = {"methods": {
+    ...     "tera": {"label": "TeRA", "adapter_params": 1000, "tasks": t(0.6)},
+    ...     "head": {"label": "Head only", "adapter_params": 0, "tasks": t(0.4)}}}
+    >>> fig = accuracy_plot(r)
+    >>> fig.axes[0].get_xscale(), sorted(fig.axes[0].get_legend_handles_labels()[1])
+    ('log', ['Head only', 'TeRA'])
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, e in results["methods"].items():
         accs = [100 * a for t in e["tasks"].values() for a in t["accuracy"]]
         if not accs:
@@ -164,34 +268,67 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_title("Accuracy vs. trainable parameters")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_params.png", dpi=120)
-    plt.close(fig)
-    written.append("accuracy_vs_params.png")
-    # Figure 3: rank of dW per layer, q and v
+    return fig
+
+
+def rank_plot(ranks: dict[str, dict[str, int]], title: str = "rank of dW") -> Figure:
+    """Rank of dW per layer, one panel per kind of layer (q, v), one line per method.
+
+    Parameters
+    ----------
+    ranks : dict
+        ``{label: {layer name: rank}}``, e.g. from ``results["methods"][m]["tasks"][t]
+        ["ranks"]`` or :meth:`AdapterLinear.delta_rank <tera.adapters.AdapterLinear>` of
+        each layer. Layer names end in the projection (``...3.attention.self.query``); the
+        number in the name is the layer index of the x axis.
+    title : str
+        Label of the y axis.
+
+    Examples
+    --------
+    >>> from tera.compare.report import rank_plot
+    >>> fig = rank_plot({"TeRA": {"0.q_proj": 64, "1.q_proj": 64, "0.v_proj": 16},
+    ...                  "LoRA": {"0.q_proj": 4, "1.q_proj": 4, "0.v_proj": 4}})
+    >>> [ax.get_title() for ax in fig.axes]
+    ['q projection', 'v projection']
+    """
+    panels: list[str] = []
+    for layer_ranks in ranks.values():
+        for name in layer_ranks:
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in panels:
+                panels.append(leaf)
+    fig = Figure(figsize=(5 * max(len(panels), 1), 4))
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    for col, (ax, leaf) in enumerate(zip(axes, panels, strict=False)):
+        for label, layer_ranks in ranks.items():
+            pts = sorted(
+                (_layer_index(n), r) for n, r in layer_ranks.items() if n.rsplit(".", 1)[-1] == leaf
+            )
+            if pts:
+                ax.plot([p for p, _ in pts], [r for _, r in pts], marker="o", label=label)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(title if col == 0 else "")
+        ax.set_title(f"{_PANEL_TITLES.get(leaf, leaf)} projection")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_plot(results: dict[str, Any]) -> Figure:
+    """Smoothed training loss of each method (first task, first seed).
+
+    Examples
+    --------
+    >>> from tera.compare.report import loss_plot
+    >>> r = {"tasks": {"t": {}}, "methods": {"tera": {"label": "TeRA",
+    ...      "tasks": {"t": {"losses": [[1.4, 1.2, 1.0]]}}}}}
+    >>> loss_plot(r).axes[0].get_lines()[0].get_ydata().tolist()
+    [1.4, 1.2, 1.0]
+    """
     first_task = next(iter(results["tasks"]), None)
-    if first_task is not None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-        for col, (ax, which) in enumerate(zip(axes, ("q", "v"), strict=True)):
-            for e in results["methods"].values():
-                ranks = e["tasks"].get(first_task, {}).get("ranks", {})
-                pts = sorted(
-                    (_layer_index(n), r)
-                    for n, r in ranks.items()
-                    if n.rsplit(".", 1)[-1]
-                    in ({"query", "q_proj"} if which == "q" else {"value", "v_proj"})
-                )
-                if pts:
-                    ax.plot([p for p, _ in pts], [r for _, r in pts], marker="o", label=e["label"])
-            ax.set_xlabel("layer")
-            ax.set_ylabel("rank of dW" if col == 0 else "")
-            ax.set_title(f"{which} projection")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "ranks.png", dpi=120)
-        plt.close(fig)
-        written.append("ranks.png")
-    # training loss curves (first seed, first task)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for e in results["methods"].values():
         losses = e["tasks"].get(first_task, {}).get("losses", [[]])[0] if first_task else []
         if losses:
@@ -203,12 +340,27 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (smoothed)")
     ax.set_title(f"Training loss, {first_task}")
-    ax.legend(fontsize=8)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=120)
-    plt.close(fig)
-    written.append("loss_curves.png")
-    return written
+    return fig
+
+
+def _plots(results: dict[str, Any], out: Path) -> list[str]:
+    figures = {"accuracy_vs_params.png": accuracy_plot(results)}
+    first_task = next(iter(results["tasks"]), None)
+    if first_task is not None:
+        figures["ranks.png"] = rank_plot(
+            {
+                e["label"]: e["tasks"].get(first_task, {}).get("ranks", {})
+                for e in results["methods"].values()
+                if e["tasks"].get(first_task, {}).get("ranks")
+            }
+        )
+    figures["loss_curves.png"] = loss_plot(results)
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+    return list(figures)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -222,7 +374,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_reports(results: dict[str, Any], out: Path) -> None:
-    """Write ``results.json``, ``results.md`` and the PNG plots into ``out``."""
+    """Write ``results.json``, ``results.md`` and the PNG plots into ``out``.
+
+    The plots are :func:`accuracy_plot` (``accuracy_vs_params.png``), :func:`rank_plot` of
+    the first task's seed-0 runs (``ranks.png``) and :func:`loss_plot` (``loss_curves.png``).
+    """
     results["wilcoxon_vs_tera"] = wilcoxon_vs_tera(results)
     results["plots"] = _plots(results, out)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")

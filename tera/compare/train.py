@@ -9,8 +9,6 @@ are. AdamW with linear warm-up and linear decay; everything seeded.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,50 +49,55 @@ class RunResult:
     head_params: int
     base_params: int
     train_seconds: float
-    peak_memory_mb: float
+    memory: dict[str, int] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def train_memory_mb(self) -> float:
+        """Memory training holds beyond the base model, in MiB (see :func:`train_run`)."""
+        return sum(self.memory.values()) / 2**20
 
-class _PeakRSS:
-    """Peak resident memory above the starting point, sampled every 20 ms (CPU).
 
-    On CUDA, ``torch.cuda.max_memory_allocated`` is used instead.
+class _SavedForBackward:
+    """Bytes autograd keeps for the backward pass, counted once per storage.
+
+    A :func:`torch.autograd.graph.saved_tensors_hooks` context: every tensor an operation
+    saves for backward goes through :meth:`pack`. The model's own parameters and buffers are
+    not counted (they are in memory anyway); what remains are the activations a step holds
+    until its backward, which is what separates the methods' training memory.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-        self._stop = threading.Event()
+    def __init__(self, model: nn.Module) -> None:
+        self.skip = {t.untyped_storage().data_ptr() for t in _tensors(model)}
+        self.storages: dict[int, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - storage-less tensors
+            return tensor
+        if storage.data_ptr() not in self.skip:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
 
     @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:  # pragma: no cover - non-Linux
-            return 0
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
 
-    def __enter__(self) -> _PeakRSS:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        self._start = self._rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._rss() - self._start)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss() - self._start)
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors(model)
+    }
+    return sum(storages.values())
 
 
 def _head_modules(loaded: LoadedModel) -> list[str]:
@@ -119,8 +122,11 @@ def _prepare(
             if isinstance(m, nn.Linear) and any(n.endswith("." + t) for t in loaded.target_modules)
         }
     )
+    if not method.trains:  # zero-shot: the model as it is
+        model.requires_grad_(False)
+        return model, None
     config = method_config(method, loaded.target_modules, out_sizes, head=head, seed=seed)
-    if config is None:  # head only (or zero-shot for a causal LM)
+    if config is None:  # head only
         for name, p in model.named_parameters():
             p.requires_grad_(any(name.startswith(h + ".") for h in head))
         return model, None
@@ -278,39 +284,86 @@ def train_run(
         Label of the progress bar.
     with_ranks : bool
         Also compute the rank of every adapted layer's dW (Figure 3).
+
+    Returns
+    -------
+    RunResult
+        Accuracy on ``evaluation``, the training losses, parameter counts, the training
+        time and ``memory``: what training holds beyond the base model, measured in the
+        first step, in bytes. ``saved_for_backward`` are the tensors autograd keeps for the
+        backward pass (through :func:`torch.autograd.graph.saved_tensors_hooks`, each
+        storage once, the model's own weights left out: mostly activations),
+        ``gradients`` and ``optimizer_state`` (AdamW's two moments) those of the trainable
+        parameters, ``adapter_weights`` what the adapter added to the model (its trainable
+        and frozen tensors). A method that does not train (zero-shot) holds nothing.
+        Peak resident memory would say little on a CPU: the allocator keeps freed memory
+        and the base model dominates it.
+
+    Examples
+    --------
+    >>> from tera.compare.data import make_splits, synthetic_task
+    >>> from tera.compare.methods import METHODS
+    >>> from tera.compare.models import tiny_classifier
+    >>> splits = make_splits(synthetic_task(n=64), 32, 8, 16, seed=0)
+    >>> settings = TrainSettings(steps=2, batch_size=8, max_length=16, progress=False)
+    >>> r = train_run(lambda: tiny_classifier(4), METHODS["tera"], splits.train,
+    ...               splits.test, 1e-2, settings)
+    >>> len(r.losses), r.adapter_params > 0, r.memory["saved_for_backward"] > 0
+    (2, True, True)
+    >>> r.memory["optimizer_state"] == 2 * r.memory["gradients"]
+    True
     """
     torch.manual_seed(seed)
     loaded = load()
     base_params = sum(p.numel() for p in loaded.model.parameters())
+    base_bytes = _weight_bytes(loaded.model)
     model, adapted = _prepare(loaded, method, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
     head_params = sum(p.numel() for p in params) - adapter_params
     losses: list[float] = []
+    memory: dict[str, int] = {}
     loss_fn = _classification_loss if loaded.kind == "classifier" else _lm_loss
     start = time.perf_counter()
     steps = settings.steps if params else 0
-    with _PeakRSS(next(model.parameters()).device) as memory:
-        if steps:
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, settings))
-            data = _batches(
-                train, min(settings.batch_size, len(train)), torch.Generator().manual_seed(seed)
-            )
-            model.train()
-            bar = tqdm(
-                range(steps), desc=desc or method.name, disable=not settings.progress, leave=False
-            )
-            for _ in bar:
-                loss = loss_fn(model, loaded, next(data), settings.max_length)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                if math.isnan(losses[-1]):
-                    break
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if steps:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, settings))
+        data = _batches(
+            train, min(settings.batch_size, len(train)), torch.Generator().manual_seed(seed)
+        )
+        model.train()
+        bar = tqdm(
+            range(steps), desc=desc or method.name, disable=not settings.progress, leave=False
+        )
+        for step in bar:
+            batch = next(data)
+            if step == 0:  # what a step holds, measured once: see the docstring
+                saved = _SavedForBackward(model)
+                with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                    loss = loss_fn(model, loaded, batch, settings.max_length)
+            else:
+                loss = loss_fn(model, loaded, batch, settings.max_length)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            if step == 0:
+                memory = {
+                    "saved_for_backward": saved.nbytes,
+                    "gradients": sum(p.grad.nbytes for p in params if p.grad is not None),
+                    "optimizer_state": sum(
+                        v.nbytes
+                        for state in opt.state.values()
+                        for v in state.values()
+                        if isinstance(v, torch.Tensor) and v.dim() > 0  # not the step count
+                    ),
+                    "adapter_weights": max(_weight_bytes(model) - base_bytes, 0),
+                }
+            losses.append(float(loss.detach()))
+            if math.isnan(losses[-1]):
+                break
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, loaded, evaluation, settings, desc=f"{desc} eval")
     return RunResult(
@@ -320,6 +373,6 @@ def train_run(
         head_params=head_params,
         base_params=base_params,
         train_seconds=seconds,
-        peak_memory_mb=memory.peak / 2**20,
+        memory=memory,
         ranks=_ranks(adapted) if with_ranks else {},
     )

@@ -7,8 +7,16 @@ import torch
 
 from tera.adapters import TeRAConfig, adapt
 from tera.cli import main
-from tera.compare.methods import METHODS, method_config, parse_methods
-from tera.compare.report import markdown_table, summary_line, wilcoxon_vs_tera
+from tera.compare.methods import METHODS, ZERO_SHOT, for_model_kind, method_config, parse_methods
+from tera.compare.report import (
+    MIN_PAIRS,
+    markdown_table,
+    p_value_cell,
+    paired_accuracies,
+    rank_plot,
+    summary_line,
+    wilcoxon_vs_tera,
+)
 from tests.adapters.common import llama, randomize_adapter
 
 
@@ -46,10 +54,34 @@ def test_smoke_runs_are_fair_and_complete(smoke):
         assert set(task["lr_search"]) == {f"{lr:g}" for lr in METHODS[name].lr_grid}
         assert all(len(losses) == results["settings"]["steps"] for losses in task["losses"])
         assert e["head_params"] > 0  # every method trains the new head
+        assert task["seeds"] == list(range(seeds))
         if name == "head":
             assert e["adapter_params"] == 0 and task["ranks"] == {}
+            assert e["label"] == "Head only"  # a classifier's head does train
         else:
             assert e["adapter_params"] > 0 and task["ranks"]
+
+
+def test_smoke_memory_is_what_training_holds(smoke):
+    """Train MB counts saved activations, gradients, AdamW state and the adapter's weights."""
+    _, results = smoke
+    memory = {n: e["tasks"]["synthetic"]["memory_bytes"] for n, e in results["methods"].items()}
+    for name, m in memory.items():
+        e = results["methods"][name]
+        assert m["gradients"] == 4 * e["trainable_params"]  # float32, one gradient each
+        assert m["optimizer_state"] == 2 * m["gradients"]  # AdamW: two moments
+        assert m["saved_for_backward"] > 0
+        mb = e["tasks"]["synthetic"]["train_memory_mb"][0]
+        assert mb == pytest.approx(sum(m.values()) / 2**20)
+    # head only backpropagates through the head alone; adapters through the whole encoder
+    assert memory["head"]["adapter_weights"] == 0
+    for name in ("tera", "vera", "lora", "hira"):
+        assert memory[name]["saved_for_backward"] > 2 * memory["head"]["saved_for_backward"]
+        assert memory[name]["adapter_weights"] > 0
+    # VeRA's frozen random matrices (r = 256) outweigh TeRA's small shared factors
+    assert memory["vera"]["adapter_weights"] > memory["tera"]["adapter_weights"]
+    table = (smoke[0] / "results.md").read_text()
+    assert "Train MB" in table and "Peak MB" not in table
 
 
 def test_smoke_ranks_follow_the_theory(smoke):
@@ -73,7 +105,7 @@ def test_wilcoxon_and_table_edge_cases():
                 "accuracy": accs,
                 "lr": 1e-3,
                 "train_seconds": [1.0] * len(accs),
-                "peak_memory_mb": [1.0] * len(accs),
+                "train_memory_mb": [1.0] * len(accs),
             }
         },
     }
@@ -81,11 +113,51 @@ def test_wilcoxon_and_table_edge_cases():
         **base,
         "methods": {"tera": entry([0.5, 0.6], "TeRA"), "vera": entry([0.5, 0.6], "VeRA")},
     }
-    assert wilcoxon_vs_tera(same) == {"vera": None}  # all differences zero: undefined
+    assert wilcoxon_vs_tera(same) == {"vera": None}  # too few pairs
+    assert p_value_cell(same, "vera") == f"n/a (needs >= {MIN_PAIRS} paired runs)"
     assert wilcoxon_vs_tera({**base, "methods": {"vera": entry([0.5], "VeRA")}}) == {}
     table = markdown_table(same)
-    assert "| TeRA | 0.9901 | 5 | 55.00 ± 7.07 | 55.00 | - |" in table
+    assert "| TeRA | 0.9901 | 5 | 55.00 ± 7.07 | 55.00 | - | 1 | 1.0 |" in table
+    assert "| VeRA | 0.9901 | 5 | 55.00 ± 7.07 | 55.00 | n/a (needs >= 3 paired runs) |" in table
     assert "best: TeRA 55.00%" in summary_line(same)
+    tied = {
+        **base,
+        "methods": {"tera": entry([0.5, 0.6, 0.7], "TeRA"), "vera": entry([0.5, 0.6, 0.7], "V")},
+    }
+    assert p_value_cell(tied, "vera") == "n/a (all pairs tied)"
+
+
+def test_wilcoxon_pairs_by_task_and_seed():
+    def method(runs):  # runs: {task: {seed: accuracy}}
+        return {
+            "label": "m",
+            "tasks": {
+                t: {"seeds": list(by_seed), "accuracy": list(by_seed.values())}
+                for t, by_seed in runs.items()
+            },
+        }
+
+    tera = {"a": {0: 0.9, 1: 0.8, 2: 0.7}, "b": {0: 0.6, 1: 0.65}}
+    # the same runs listed in another seed order, plus a seed TeRA did not run
+    vera = {"a": {2: 0.5, 0: 0.85, 1: 0.7, 3: 0.99}, "b": {1: 0.6, 0: 0.62}}
+    results = {"methods": {"tera": method(tera), "vera": method(vera)}}
+    pairs = paired_accuracies(results, "vera")
+    assert pairs == [(0.9, 0.85), (0.8, 0.7), (0.7, 0.5), (0.6, 0.62), (0.65, 0.6)]
+    from scipy.stats import wilcoxon
+
+    expected = wilcoxon([a for a, _ in pairs], [b for _, b in pairs], zero_method="zsplit")
+    assert wilcoxon_vs_tera(results)["vera"] == pytest.approx(expected.pvalue)
+    assert p_value_cell(results, "vera") == f"{expected.pvalue:.3g}"
+    # two paired runs only: no p-value however different the accuracies
+    two = {"methods": {"tera": method({"a": {0: 0.9, 1: 0.9}}), "vera": method(vera)}}
+    assert p_value_cell(two, "vera") == "n/a (needs >= 3 paired runs)"
+
+
+def test_rank_plot_has_one_panel_per_projection():
+    fig = rank_plot({"TeRA": {"l.0.query": 8, "l.1.query": 8, "l.0.value": 8}, "LoRA": {}})
+    assert [ax.get_title() for ax in fig.axes] == ["q projection", "v projection"]
+    xs, ys = fig.axes[0].get_lines()[0].get_data()
+    assert list(xs) == [0, 1] and list(ys) == [8, 8]
 
 
 def test_method_configs_follow_the_paper():
@@ -98,6 +170,14 @@ def test_method_configs_follow_the_paper():
     assert method_config(METHODS["lora"], ["q"], [4]).r == 32
     assert method_config(METHODS["hira1"], ["q"], [4]).r == 1
     assert method_config(METHODS["vera"], ["q"], [4]).r == 256
+    # with two points both picked the top one on the default preset: the grid goes higher now
+    for name in ("tera", "vera"):
+        assert METHODS[name].lr_grid == (1e-2, 3e-2, 1e-1)
+    assert for_model_kind(METHODS["head"], "causal_lm") == ZERO_SHOT
+    assert not ZERO_SHOT.trains and ZERO_SHOT.lr_grid == ()
+    assert for_model_kind(METHODS["tera"], "causal_lm") == METHODS["tera"]
+    with pytest.raises(ValueError, match="unknown model kind"):
+        for_model_kind(METHODS["head"], "seq2seq")
 
 
 def test_cli_params_matches_the_paper(capsys):
@@ -154,11 +234,25 @@ def test_causal_lm_path_scores_choices_by_likelihood(tmp_path):
     preset = PRESETS["smoke"].with_overrides(
         model="tiny-lm", methods=("tera", "lora", "head"), seeds=1
     )
-    results = compare(preset, tmp_path, log=lambda _: None)
+    lines: list[str] = []
+    results = compare(preset, tmp_path, log=lines.append)
     for name, e in results["methods"].items():
         task = e["tasks"]["synthetic"]
         assert 0.0 <= task["accuracy"][0] <= 1.0
-        # "head" on a causal LM has nothing to train: it is the zero-shot baseline
         assert (len(task["losses"][0]) == 0) == (name == "head")
         assert e["head_params"] == 0
     assert results["methods"]["tera"]["tasks"]["synthetic"]["ranks"]
+    # "head" on a causal LM has nothing to train: it is the zero-shot baseline, evaluated
+    # without a learning-rate search or a single step, with 0 trainable parameters
+    zero = results["methods"]["head"]
+    assert zero["label"] == "Zero-shot" and zero["trains"] is False
+    assert zero["trainable_params"] == 0 and zero["adapter_params"] == 0
+    task = zero["tasks"]["synthetic"]
+    assert task["lr"] is None and task["lr_search"] == {} and task["memory_bytes"] == {}
+    assert not [line for line in lines if "Zero-shot" in line and "lr=" in line]
+    assert sum("TeRA" in line and "lr=" in line for line in lines) == 3
+    table = (tmp_path / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| Zero-shot |"))
+    assert row.endswith("| - | - |")  # no training time, no training memory
+    assert "Head only" not in table and "Zero-shot: the pretrained causal LM" in table
+    assert "Zero-shot" in (tmp_path / "results.json").read_text()
