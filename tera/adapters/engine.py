@@ -10,26 +10,85 @@ either by
 * **pushing** the activations ``x`` through the operands without forming ``dW``,
 
 and picks the cheaper for the actual token count using the FLOP counts of the planned
-contractions (plans are cached per shapes by :func:`tera.tn.plan`). Both give the same
-result up to rounding.
+contractions (plans are cached per shapes by :func:`tera.tn.plan`), forward and, when the
+adapter trains, backward. Both give the same result up to rounding.
+
+A network may carry a hand-tuned :class:`TuckerKernel` for materializing ``dW`` (TeRA's
+Tucker network: ``d`` folded into the small factors, one GEMM per mode, a backward that
+keeps nothing of the size of ``dW``); the generic planned einsum serves everything else.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import opt_einsum
 import torch
 
 from tera.tn import ContractionPlan, plan
+from tera.tn.kernels import scaled_tucker_flops, scaled_tucker_matrix
 
-__all__ = ["Network", "Path", "choose_path", "delta_weight", "path_costs", "push"]
+__all__ = [
+    "DeltaKernel",
+    "Network",
+    "Path",
+    "TuckerKernel",
+    "choose_path",
+    "delta_weight",
+    "path_costs",
+    "push",
+]
 
 Path = Literal["materialize", "push"]
 COMPUTE_DTYPE = torch.float32
 """Adapters compute in at least float32 (half inputs are upcast, the result cast back)."""
+
+
+class DeltaKernel(Protocol):
+    """A hand-tuned evaluator of one network's ``dW`` (``out x in``) from its operands."""
+
+    def __call__(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        """``dW`` (``out x in``, unscaled) from the network's operands."""
+        ...
+
+    def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
+        """FLOPs of the forward (or of the backward) evaluation."""
+        ...
+
+
+@dataclass(frozen=True)
+class TuckerKernel:
+    """``dW`` of a Tucker network with operands ``(G, d_1, A_1, ..., d_N, A_N)``.
+
+    The first ``k`` modes index the input features, the rest the output features (TeRA's
+    layout), so the paper-orientation matrix ``in x out`` is returned transposed (a view).
+    Evaluated by :func:`tera.tn.kernels.scaled_tucker_matrix`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import TuckerKernel
+    >>> G, A1, A2 = torch.randn(3, 2), torch.randn(3, 3), torch.randn(2, 2)
+    >>> dW = TuckerKernel(k=1)([G, torch.ones(3), A1, torch.ones(2), A2])
+    >>> dW.shape, bool(torch.allclose(dW, (A1.T @ G @ A2).T, atol=1e-6))
+    (torch.Size([2, 3]), True)
+    """
+
+    k: int
+
+    def __call__(self, operands: list[torch.Tensor]) -> torch.Tensor:
+        """``dW`` as ``out x in``."""
+        core, vectors, factors = operands[0], operands[1::2], operands[2::2]
+        return scaled_tucker_matrix(core, vectors, factors, self.k).T
+
+    def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
+        """FLOPs from :func:`tera.tn.kernels.scaled_tucker_flops`."""
+        factors = shapes[2::2]
+        ranks = [f[0] for f in factors]
+        modes = [f[1] for f in factors]
+        return scaled_tucker_flops(ranks, modes, backward=backward)
 
 
 @dataclass(frozen=True)
@@ -53,6 +112,8 @@ class Network:
         Sizes of the output subscripts.
     scale : float
         A scalar applied to ``dW``.
+    kernel : DeltaKernel or None
+        A hand-tuned evaluator of ``dW`` used instead of the planned einsum.
 
     Examples
     --------
@@ -71,6 +132,7 @@ class Network:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     scale: float = 1.0
+    kernel: DeltaKernel | None = None
 
     @property
     def in_features(self) -> int:
@@ -145,8 +207,10 @@ def delta_weight(net: Network, dtype: torch.dtype | None = None) -> torch.Tensor
     [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
     ops = _operands(net, dtype)
-    dw = _dw_plan(net)(*ops)
-    dw = dw.reshape(net.out_features, net.in_features)
+    if net.kernel is not None:
+        dw = net.kernel(ops)
+    else:
+        dw = _dw_plan(net)(*ops).reshape(net.out_features, net.in_features)
     return dw * net.scale if net.scale != 1.0 else dw
 
 
@@ -173,20 +237,41 @@ def push(net: Network, x: torch.Tensor) -> torch.Tensor:
     return out * net.scale if net.scale != 1.0 else out
 
 
-def path_costs(net: Network, tokens: int, fused: bool) -> dict[Path, int]:
-    """Estimated extra FLOPs of each path over the frozen base layer's matmul.
+def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -> dict[Path, int]:
+    """Estimated extra FLOPs of each path over the frozen base layer's matmuls.
 
     ``fused`` means the materialized ``dW`` is added to the base weight and one matmul
-    serves both (no second ``2 * tokens * in * out`` product).
+    serves both (no second ``2 * tokens * in * out`` product). ``backward`` adds the cost
+    of the backward pass when the adapter trains: materializing then pays for the gradient
+    of ``dW`` (``2 * tokens * in * out``), the backward of its construction and, unfused,
+    a second input-gradient product; pushing pays about twice its forward.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, path_costs
+    >>> A, B = torch.ones(8, 1024), torch.ones(1024, 8)   # LoRA-like, rank 8
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (1024,), (1024,))
+    >>> c = path_costs(net, tokens=2048, fused=True, backward=True)
+    >>> c["push"] < c["materialize"]   # training: the weight gradient of dW is expensive
+    True
     """
-    dw_plan = _dw_plan(net)
     size = net.in_features * net.out_features
-    materialize = dw_plan.flops + size + (0 if fused else 2 * tokens * size)
-    push_plan = _push_plan(net, tokens)
-    return {"materialize": materialize, "push": push_plan.flops}
+    shapes = net.shapes()
+    if net.kernel is not None:
+        make, make_backward = net.kernel.flops(shapes, False), net.kernel.flops(shapes, True)
+    else:
+        make = _dw_plan(net).flops
+        make_backward = 2 * make
+    materialize = make + (size if fused else 2 * tokens * size)
+    push_flops = _push_plan(net, tokens).flops
+    if backward:
+        materialize += make_backward + 2 * tokens * size + (0 if fused else 2 * tokens * size)
+        push_flops *= 3
+    return {"materialize": materialize, "push": push_flops}
 
 
-def choose_path(net: Network, tokens: int, fused: bool) -> Path:
+def choose_path(net: Network, tokens: int, fused: bool, backward: bool = False) -> Path:
     """The cheaper evaluation for ``tokens`` rows of input (ties go to materializing).
 
     Examples
@@ -198,5 +283,5 @@ def choose_path(net: Network, tokens: int, fused: bool) -> Path:
     >>> choose_path(net, tokens=4, fused=False), choose_path(net, tokens=4096, fused=True)
     ('push', 'materialize')
     """
-    costs = path_costs(net, max(tokens, 1), fused)
+    costs = path_costs(net, max(tokens, 1), fused, backward)
     return "materialize" if costs["materialize"] <= costs["push"] else "push"

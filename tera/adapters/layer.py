@@ -157,7 +157,10 @@ class AdapterLinear(nn.Module):
         net = self.adapter.network(self.base_weight())
         tokens = x.numel() // self.in_features if self.in_features else 0
         fused = self._can_fuse()
-        path: Path = choose_path(net, tokens, fused) if self.path == "auto" else self.path
+        backward = torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.adapter.parameters()
+        )
+        path: Path = choose_path(net, tokens, fused, backward) if self.path == "auto" else self.path
         self.last_path = path
         if path == "materialize":
             dw = delta_weight(net)

@@ -33,7 +33,7 @@ from torch import nn
 
 from tera.adapters.base import Adapter
 from tera.adapters.config import TeRAConfig
-from tera.adapters.engine import Network
+from tera.adapters.engine import Network, TuckerKernel
 from tera.adapters.factors import counter_uniform
 from tera.errors import RankError, ShapeError, TensorizationError
 from tera.tn import multi_mode_product, split_dim, suggest_modes
@@ -180,6 +180,7 @@ class TeRA(Adapter):
             "".join(mode_syms[self.k :]),
             tuple(self.modes[: self.k]),
             tuple(self.modes[self.k :]),
+            kernel=TuckerKernel(self.k),
         )
 
     @classmethod

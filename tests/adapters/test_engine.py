@@ -1,0 +1,107 @@
+"""The engine: path costs (forward and training), the Tucker kernel in layers, lean memory."""
+
+import pytest
+import torch
+from torch import nn
+
+from tera.adapters import HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig, adapt
+from tera.adapters.engine import TuckerKernel, choose_path, delta_weight, path_costs
+from tera.tn import tucker_to_matrix
+
+CONFIGS = {
+    "tera": TeRAConfig(in_mode=256, out_mode=4, target_modules=["0"]),
+    "tera-full": TeRAConfig(in_mode=16, out_mode=16, target_modules=["0"]),
+    "lora": LoRAConfig(r=8, target_modules=["0"]),
+    "vera": VeRAConfig(r=64, target_modules=["0"]),
+    "hira": HiRAConfig(r=8, target_modules=["0"]),
+}
+
+
+def _layer(name, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = adapt(nn.Sequential(nn.Linear(256, 256)), CONFIGS[name]).to(dtype)
+    layer = model.adapter_layers["0"]
+    with torch.no_grad():
+        for p in layer.adapter.parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + 1.0)
+    return model, layer
+
+
+def test_tera_networks_carry_the_tucker_kernel_and_it_matches_the_einsum():
+    _, layer = _layer("tera", torch.float64)
+    net = layer.adapter.network(layer.base_weight())
+    assert isinstance(net.kernel, TuckerKernel)
+    generic = net.__class__(**{**net.__dict__, "kernel": None})
+    torch.testing.assert_close(delta_weight(net), delta_weight(generic))
+    core, vectors, factors = net.operands[0], net.operands[1::2], net.operands[2::2]
+    paper = tucker_to_matrix(core, [v[:, None] * a for v, a in zip(vectors, factors)], k=1)
+    torch.testing.assert_close(delta_weight(net), paper.T)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_both_paths_give_the_same_gradients(name):
+    """float64, so the two evaluation orders agree to ~1e-12; 1e-9 leaves room for 256-wide sums."""
+    model, layer = _layer(name, torch.float64)
+    x = torch.randn(64, 256, dtype=torch.float64)
+    grads = {}
+    for path in ("materialize", "push"):
+        layer.path = path
+        model.zero_grad()
+        model(x).square().sum().backward()
+        assert layer.last_path == path
+        grads[path] = [p.grad.clone() for p in layer.adapter.parameters()]
+    for a, b in zip(grads["materialize"], grads["push"]):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_training_cost_counts_the_backward():
+    """LoRA with 2048 tokens: materializing is cheap for inference but its weight gradient
+    (2 * tokens * in * out) makes pushing the cheaper path when training."""
+    _, layer = _layer("lora")
+    net = layer.adapter.network(layer.base_weight())
+    assert choose_path(net, 2048, fused=True, backward=False) == "materialize"
+    assert choose_path(net, 2048, fused=True, backward=True) == "push"
+    costs = path_costs(net, 2048, fused=True, backward=True)
+    assert costs["materialize"] >= 2 * 2048 * 256 * 256
+
+
+def test_the_layer_prices_the_backward_only_when_the_adapter_trains():
+    model, layer = _layer("lora")
+    x = torch.randn(8, 256, 256)
+    model(x)
+    assert layer.last_path == "push"
+    with torch.no_grad():
+        model(x)
+    assert layer.last_path == "materialize"
+    for p in layer.adapter.parameters():
+        p.requires_grad_(False)
+    model(x)
+    assert layer.last_path == "materialize"
+
+
+@pytest.mark.parametrize("name", ["tera", "tera-full", "hira"])
+def test_training_saves_at_most_two_weight_sized_tensors_per_layer(name):
+    """Issue 5's memory budget is 3 * out * in extra floats per layer, whatever N.
+
+    Saved for backward, besides the input and tensors that already exist (parameters,
+    shared factors, the base weight): TeRA keeps W0 + dW (one weight), HiRA also keeps
+    B @ A for its Hadamard product (two).
+    """
+    model, layer = _layer(name)
+    layer.path = "materialize"
+    existing = {t.data_ptr() for t in [*model.parameters(), *layer.tera_factors.buffers()]}
+    x = torch.randn(512, 256, requires_grad=True)
+    existing.add(x.data_ptr())
+    extra = []
+
+    def pack(t):
+        if t.data_ptr() not in existing:
+            extra.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = model(x)
+    y.sum().backward()
+    weight = 256 * 256
+    assert sum(extra) <= (1 if name.startswith("tera") else 2) * weight
+    assert all(p.grad is not None for p in layer.adapter.parameters())

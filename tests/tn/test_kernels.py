@@ -1,0 +1,175 @@
+"""tera.tn.kernels: the hand-ordered Tucker kernel equals the generic algebra, with lean memory."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tera.errors import ShapeError
+from tera.tn import tucker_to_matrix
+from tera.tn.kernels import merge_small_modes, scaled_tucker_flops, scaled_tucker_matrix
+
+F64 = torch.float64
+
+
+@st.composite
+def networks(draw, max_order=5, max_size=5):
+    order = draw(st.integers(1, max_order))
+    modes = tuple(draw(st.integers(1, max_size)) for _ in range(order))
+    ranks = tuple(draw(st.integers(1, i)) for i in modes)
+    k = draw(st.integers(0, order))
+    seed = draw(st.integers(0, 2**31 - 1))
+    zero = draw(st.one_of(st.none(), st.integers(0, order - 1)))
+    gen = torch.Generator().manual_seed(seed)
+    core = torch.randn(*ranks, generator=gen, dtype=F64)
+    factors = [torch.randn(r, i, generator=gen, dtype=F64) for r, i in zip(ranks, modes)]
+    vectors = [torch.randn(r, generator=gen, dtype=F64) for r in ranks]
+    if zero is not None:  # TeRA's init: one vector all zeros
+        vectors[zero] = torch.zeros(ranks[zero], dtype=F64)
+    return core, vectors, factors, k
+
+
+def _reference(core, vectors, factors, k, scale=1.0):
+    return tucker_to_matrix(core, [v[:, None] * a for v, a in zip(vectors, factors)], k) * scale
+
+
+@settings(max_examples=100, deadline=None)
+@given(networks(), st.floats(0.1, 3.0))
+def test_forward_equals_tucker_to_matrix(net, scale):
+    core, vectors, factors, k = net
+    out = scaled_tucker_matrix(core, vectors, factors, k, scale=scale)
+    torch.testing.assert_close(out, _reference(core, vectors, factors, k, scale))
+
+
+@settings(max_examples=100, deadline=None)
+@given(networks(), st.integers(0, 2**31 - 1))
+def test_gradients_of_the_vectors_equal_autograd_of_the_reference(net, seed):
+    core, vectors, factors, k = net
+    vectors = [v.clone().requires_grad_(True) for v in vectors]
+    out = scaled_tucker_matrix(core, vectors, factors, k, scale=0.5)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    ours = torch.autograd.grad((out * weight).sum(), vectors)
+    ref = torch.autograd.grad((_reference(core, vectors, factors, k, 0.5) * weight).sum(), vectors)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_of_the_custom_backward():
+    gen = torch.Generator().manual_seed(0)
+    modes = (3, 2, 4)
+    core = torch.randn(*modes, generator=gen, dtype=F64)
+    factors = [torch.randn(i, i, generator=gen, dtype=F64) for i in modes]
+    vectors = [torch.randn(i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
+    assert torch.autograd.gradcheck(
+        lambda *v: scaled_tucker_matrix(core, list(v), factors, 2), vectors
+    )
+
+
+def test_trainable_core_and_factors_fall_back_to_plain_autograd():
+    """Research use: gradients for G and A_n too (the lean backward only serves the d's)."""
+    gen = torch.Generator().manual_seed(1)
+    modes = (4, 2, 3)
+    core = torch.randn(*modes, generator=gen, dtype=F64, requires_grad=True)
+    factors = [torch.randn(i, i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
+    vectors = [torch.randn(i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
+    ours = torch.autograd.grad(
+        scaled_tucker_matrix(core, vectors, factors, 1).square().sum(),
+        [core, *factors, *vectors],
+    )
+    ref = torch.autograd.grad(
+        _reference(core, vectors, factors, 1).square().sum(), [core, *factors, *vectors]
+    )
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_numpy_inputs_give_numpy_output():
+    rng = np.random.default_rng(0)
+    core = rng.standard_normal((4, 2, 2))
+    factors = [
+        rng.standard_normal((4, 4)),
+        rng.standard_normal((2, 3)),
+        rng.standard_normal((2, 2)),
+    ]
+    vectors = [rng.standard_normal(4), rng.standard_normal(2), rng.standard_normal(2)]
+    out = scaled_tucker_matrix(core, vectors, factors, 1)
+    assert isinstance(out, np.ndarray)
+    ref = tucker_to_matrix(core, [v[:, None] * a for v, a in zip(vectors, factors)], 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_within_its_rounding(dtype):
+    """float32/bf16 agree with float64 to a few units of their own rounding.
+
+    Each entry is a sum of prod(R) products; relative to the result's norm the error is
+    about eps * sqrt(order) for well-scaled data, so 8 * eps * ||M|| bounds it comfortably.
+    """
+    gen = torch.Generator().manual_seed(2)
+    modes = (64, 4, 4, 4)
+    core = torch.randn(*modes, generator=gen, dtype=F64)
+    factors = [torch.randn(i, i, generator=gen, dtype=F64) / math.sqrt(i) for i in modes]
+    vectors = [torch.rand(i, generator=gen, dtype=F64) for i in modes]
+    ref = scaled_tucker_matrix(core, vectors, factors, 1)
+    low = scaled_tucker_matrix(
+        core.to(dtype), [v.to(dtype) for v in vectors], [a.to(dtype) for a in factors], 1
+    )
+    assert low.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    err = (low.double() - ref).norm() / ref.norm()
+    assert err < 8 * eps
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=8), st.integers(1, 512))
+def test_merge_small_modes_partitions_in_order_within_the_limit(sizes, limit):
+    groups = merge_small_modes(sizes, limit)
+    assert [n for g in groups for n in g] == list(range(len(sizes)))
+    for g in groups:
+        assert len(g) == 1 or math.prod(sizes[n] for n in g) <= limit
+    for a, b in itertools.pairwise(groups):  # greedy: the next mode did not fit
+        assert math.prod(sizes[n] for n in a) * sizes[b[0]] > limit
+
+
+def test_flops_of_the_paper_case_are_near_2_j_cubed():
+    """(1024 | 4^5): one 1024-wide GEMM (2 J^3) plus two grouped Kronecker passes."""
+    modes = (1024, 4, 4, 4, 4, 4)
+    j = 1024
+    fwd = scaled_tucker_flops(modes, modes)
+    assert fwd == 2 * j**3 + 2 * j * j * 64 + 2 * j * j * 16
+    assert scaled_tucker_flops(modes, modes, backward=True) == fwd + 7 * j * j
+
+
+def test_the_backward_keeps_no_tensor_of_the_size_of_dw():
+    """Saved for backward: the inputs only (core, vectors, factors), no N intermediates."""
+    gen = torch.Generator().manual_seed(3)
+    modes = (16, 4, 4, 4, 4)
+    core = torch.randn(*modes, generator=gen)
+    factors = [torch.randn(i, i, generator=gen) for i in modes]
+    vectors = [torch.ones(i, requires_grad=True) for i in modes]
+    inputs = {t.data_ptr() for t in [core, *factors, *vectors]}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = scaled_tucker_matrix(core, vectors, factors, 1)
+    assert out.numel() == core.numel()
+    assert saved and all(t.data_ptr() in inputs for t in saved)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (((2, 3), [(2,), (3,)], [(2, 2)], 1), "one factor and one vector per mode"),
+        (((2, 3), [(2,), (4,)], [(2, 2), (3, 3)], 1), "mode 1: core size 3"),
+        (((2, 3), [(2,), (3,)], [(2, 2), (3, 3)], 3), "k=3 is out of range"),
+    ],
+)
+def test_bad_shapes_raise_shape_error(args, match):
+    core, vecs, facs, k = args
+    with pytest.raises(ShapeError, match=match):
+        scaled_tucker_matrix(
+            torch.zeros(core), [torch.zeros(v) for v in vecs], [torch.zeros(f) for f in facs], k
+        )
