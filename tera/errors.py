@@ -19,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterStateError",
     "BackendError",
+    "ConfigError",
     "DTypeError",
     "FingerprintError",
     "LoadError",
@@ -49,6 +50,10 @@ class RankError(TeraError, ValueError):
 
 class BackendError(TeraError, TypeError):
     """Inputs are not numpy arrays / torch tensors, or mix the two."""
+
+
+class ConfigError(TeraError, TypeError):
+    """An adapter configuration of the wrong type (not one of the four config classes)."""
 
 
 class TargetError(TeraError, ValueError):

@@ -15,11 +15,14 @@ True
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tera.errors import LoadError, RankError, ShapeError
+from tera.errors import LoadError, RankError, ShapeError, TargetError
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -37,8 +40,15 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj", "query", "value")
 
 def _tuple_of_str(value: str | Sequence[str], name: str) -> str | tuple[str, ...]:
     if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise TargetError(
+                f"{name}={value!r} is not a valid regular expression ({err}); pass a list of "
+                f"module names such as ['q_proj', 'v_proj'] or fix the pattern"
+            ) from None
         return value
-    out = tuple(value)
+    out = tuple(value) if isinstance(value, Sequence | set | frozenset) else ()
     if not out or not all(isinstance(v, str) and v for v in out):
         raise ShapeError(
             f"{name} must be a regex string or a non-empty list of names, got {value!r}"
@@ -79,11 +89,18 @@ class AdapterConfig:
         to_save: object = self.modules_to_save
         if isinstance(to_save, str):
             object.__setattr__(self, "modules_to_save", (to_save,))
+        elif not isinstance(to_save, Sequence) or not all(
+            isinstance(v, str) and v for v in to_save
+        ):
+            raise ShapeError(
+                f"modules_to_save must be a list of module names such as ['classifier'], "
+                f"got {to_save!r}"
+            )
         else:
-            object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+            object.__setattr__(self, "modules_to_save", tuple(to_save))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ShapeError(f"seed must be an int >= 0, got {self.seed!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not 0.0 <= _real(self.dropout, "dropout") < 1.0:
             raise ShapeError(f"dropout must lie in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +110,16 @@ class AdapterConfig:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _real(value: object, name: str) -> float:
+    """``value`` as a finite float, or :class:`ShapeError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ShapeError(f"{name} must be a real number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ShapeError(f"{name} must be finite, got {value!r}")
+    return out
 
 
 def _check_rank(r: int, name: str = "r") -> None:
@@ -118,6 +145,7 @@ class LoRAConfig(AdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_rank(self.r)
+        _real(self.alpha, "alpha")
 
     @property
     def scaling(self) -> float:
@@ -145,6 +173,7 @@ class VeRAConfig(AdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_rank(self.r)
+        _real(self.d_initial, "d_initial")
 
 
 @dataclass(frozen=True)
@@ -169,12 +198,35 @@ class HiRAConfig(AdapterConfig):
 def _modes_field(value: Any, name: str) -> tuple[int, ...] | dict[int, tuple[int, ...]] | None:
     if value is None:
         return None
+    bad = ShapeError(
+        f"{name} must be a non-empty sequence of sizes >= 1 such as (8, 8, 9), or a dict "
+        f"mapping a dimension to such a sequence, got {value!r}"
+    )
     if isinstance(value, Mapping):
-        return {int(k): _modes_field(v, f"{name}[{k}]") for k, v in value.items()}  # type: ignore[misc]
-    modes = tuple(int(v) for v in value)
-    if not modes or any(m < 1 for m in modes):
-        raise ShapeError(f"{name} must be a non-empty sequence of sizes >= 1, got {value!r}")
-    return modes
+        out: dict[int, tuple[int, ...]] = {}
+        for k, v in value.items():
+            dim = _as_int(k)
+            if dim is None:
+                raise bad
+            out[dim] = _modes_field(v, f"{name}[{k}]")  # type: ignore[assignment]
+        return out
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise bad
+    modes = tuple(_as_int(v) for v in value)
+    if not modes or any(m is None or m < 1 for m in modes):
+        raise bad
+    return tuple(m for m in modes if m is not None)
+
+
+def _as_int(value: object) -> int | None:
+    """An int given as int or str (JSON dict keys are strings), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -231,13 +283,21 @@ class TeRAConfig(AdapterConfig):
         object.__setattr__(self, "in_modes", _modes_field(self.in_modes, "in_modes"))
         object.__setattr__(self, "out_modes", _modes_field(self.out_modes, "out_modes"))
         if self.ranks is not None:
-            ranks = tuple(int(r) for r in self.ranks)
-            if not ranks or any(r < 1 for r in ranks):
-                raise RankError(f"ranks must be ints >= 1, got {self.ranks!r}")
-            object.__setattr__(self, "ranks", ranks)
+            given: object = self.ranks
+            values = (
+                [_as_int(v) if not isinstance(v, str) else None for v in given]
+                if isinstance(given, Sequence) and not isinstance(given, str)
+                else []
+            )
+            if not values or any(r is None or r < 1 for r in values):
+                raise RankError(
+                    f"ranks must be a sequence of ints >= 1, one per mode (e.g. (8, 4, 4)), "
+                    f"or None for full ranks, got {self.ranks!r}"
+                )
+            object.__setattr__(self, "ranks", tuple(values))
         if not isinstance(self.zero_init, int) or isinstance(self.zero_init, bool):
             raise ShapeError(f"zero_init must be an int (a mode index), got {self.zero_init!r}")
-        if self.scale is not None and not float(self.scale) > 0:
+        if self.scale is not None and not _real(self.scale, "scale") > 0:
             raise ShapeError(f"scale must be > 0 or None, got {self.scale!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +329,11 @@ def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
     >>> config_from_dict({"kind": "lora", "r": 4}) == LoRAConfig(r=4)
     True
     """
+    if not isinstance(data, Mapping):
+        raise LoadError(
+            f"an adapter config must be a dict such as {{'kind': 'tera', ...}}, "
+            f"got {type(data).__name__}"
+        )
     fields = dict(data)
     kind = fields.pop("kind", None)
     if kind not in _KINDS:

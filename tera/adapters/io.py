@@ -7,15 +7,18 @@ the frozen factors only when asked for: a TeRA adapter for 64 layers of 4096 x 4
 1 MB, not the 134 MB of its factors. Loading regenerates the factors from the seed and
 refuses to continue if their fingerprint differs: never a silently different model.
 
-Files are written to temporary names and renamed into place, so a failure mid-save leaves
-a previously saved adapter intact.
+Both files are written in full to temporary names and only then renamed into place (a
+failed rename is rolled back), so a failure mid-save leaves a previously saved adapter
+intact and no temporary files behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,17 +49,50 @@ _FACTOR_PREFIX = "tera_factors."
 _SAVE_PREFIX = "modules_to_save."
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+def _write_files(directory: Path, writers: dict[str, Callable[[str], object]]) -> None:
+    """Write every file of ``writers`` (name -> function writing to a path) all or nothing.
+
+    Each new file is written in full under a temporary name first; only then are they
+    renamed into place, and if a rename fails the files already renamed are rolled back to
+    their previous versions (kept as hard links, or copies, until the end). Whatever fails,
+    the temporary files are removed and the directory holds either the old adapter or the
+    new one. (Two renames are not one atomic step: a process *killed* between them, a
+    window of microseconds, would leave the new weights with the old config.)
+    """
+    token = uuid.uuid4().hex
+    temps: dict[str, Path] = {}
+    backups: dict[str, Path] = {}
+    umask = os.umask(0o022)
+    os.umask(umask)
     try:
-        write(str(tmp))
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # some writers (safetensors) create files as 0600
-        os.replace(tmp, path)
+        for name, write in writers.items():
+            temps[name] = directory / f".{name}.{token}.tmp"
+            write(str(temps[name]))
+            os.chmod(temps[name], 0o666 & ~umask)  # some writers (safetensors) use 0600
+        for name in writers:
+            target = directory / name
+            if target.exists():
+                backups[name] = directory / f".{name}.{token}.bak"
+                try:
+                    os.link(target, backups[name])
+                except OSError:  # no hard links on this filesystem
+                    shutil.copy2(target, backups[name])
+        replaced: list[str] = []
+        try:
+            for name, tmp in temps.items():
+                os.replace(tmp, directory / name)
+                replaced.append(name)
+        except BaseException:
+            for name in replaced:
+                if name in backups:
+                    os.replace(backups[name], directory / name)
+                else:
+                    (directory / name).unlink()
+            raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (*temps.values(), *backups.values()):
+            if leftover.exists():
+                leftover.unlink()
 
 
 def _state(model: AdaptedModel, include_factors: bool) -> dict[str, torch.Tensor]:
@@ -117,13 +153,16 @@ def save_adapter(model: AdaptedModel, directory: str | Path, include_factors: bo
         "includes_factors": include_factors,
     }
     tensors = _state(model, include_factors)
-    _atomic_write(
-        directory / WEIGHTS_NAME,
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "library": "tera"}),
-    )
-    _atomic_write(
-        directory / CONFIG_NAME,
-        lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"),
+    _write_files(
+        directory,
+        {
+            WEIGHTS_NAME: lambda tmp: save_file(
+                tensors, tmp, metadata={"format": "pt", "library": "tera"}
+            ),
+            CONFIG_NAME: lambda tmp: Path(tmp).write_text(
+                json.dumps(meta, indent=2, sort_keys=True) + "\n"
+            ),
+        },
     )
 
 

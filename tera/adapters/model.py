@@ -26,7 +26,7 @@ from tera.adapters.layer import (
 from tera.adapters.lora import LoRA
 from tera.adapters.tera import TeRA
 from tera.adapters.vera import VeRA
-from tera.errors import AdapterStateError, ShapeError, TargetError
+from tera.errors import AdapterStateError, BackendError, ConfigError, ShapeError, TargetError
 from tera.theory import params_percent
 
 __all__ = [
@@ -50,9 +50,10 @@ def _adapter_class(config: AdapterConfig) -> type[Adapter]:
     try:
         return ADAPTERS[type(config)]
     except KeyError:
-        raise TypeError(
-            f"config must be one of {', '.join(c.__name__ for c in ADAPTERS)}, "
-            f"got {type(config).__name__}"
+        raise ConfigError(
+            f"config must be one of {', '.join(c.__name__ for c in ADAPTERS)}, got "
+            f"{config!r} ({type(config).__name__}); build one, e.g. TeRAConfig(in_mode=..., "
+            "out_mode=...), or rebuild a saved one with config_from_dict(...)"
         ) from None
 
 
@@ -237,6 +238,14 @@ def adapt(
             except AttributeError:
                 raise TargetError(f"the model has no module named '{name}'") from None
     saved = _modules_to_save(model, config.modules_to_save)
+    devices = {str(module_weight(m).device) for _, m in found}
+    if len(devices) > 1:
+        where = {n: str(module_weight(m).device) for n, m in found}
+        raise BackendError(
+            f"the target layers live on different devices ({', '.join(sorted(devices))}: "
+            f"{dict(list(where.items())[:4])}); the frozen shared factors are stored once per "
+            "shape, on one device: move the model to one device (model.to(device)) before adapt()"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     shared = SharedFactors()

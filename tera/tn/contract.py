@@ -14,11 +14,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import opt_einsum
+import torch
 
 from tera.errors import ShapeError
 from tera.tn._backend import Array, check_same_backend
 
 __all__ = ["ContractionPlan", "clear_plan_cache", "contract", "plan", "plan_cache_info"]
+
+
+def promote(arrays: Sequence[Any]) -> list[Any]:
+    """Cast torch tensors of mixed dtypes to their common dtype, as numpy does by itself.
+
+    torch's matmul/tensordot/einsum refuse mixed dtypes (float32 with float64); numpy
+    promotes. Casting keeps autograd intact.
+    """
+    dtypes = {a.dtype for a in arrays if isinstance(a, torch.Tensor)}
+    if len(dtypes) <= 1:
+        return list(arrays)
+    dtype = functools.reduce(torch.promote_types, dtypes)
+    return [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in arrays]
+
 
 Shape = tuple[int, ...]
 
@@ -114,6 +129,11 @@ def _check_shapes(equation: str, shapes: Sequence[Shape]) -> None:
 def _cached_plan(
     equation: str, shapes: tuple[Shape, ...], optimize: str, memory_limit: int | None
 ) -> ContractionPlan:
+    for shape in shapes:
+        if any(size < 0 for size in shape):
+            raise ShapeError(
+                f"shape {shape} given to plan {equation!r} has a negative size; sizes are >= 0"
+            )
     _check_shapes(equation, shapes)
     try:
         path, info = opt_einsum.contract_path(
@@ -132,6 +152,17 @@ def _cached_plan(
         _expression=expression,
         _report=str(info),
     )
+
+
+def _shape_key(shape: Sequence[int]) -> Shape:
+    from tera.tn.folding import as_int
+
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise ShapeError(f"each shape must be a sequence of ints, got {shape!r}")
+    sizes = [as_int(s) for s in shape]
+    if any(s is None for s in sizes):
+        raise ShapeError(f"each shape must be a sequence of ints, got {shape!r}")
+    return tuple(s for s in sizes if s is not None)
 
 
 def plan(
@@ -169,7 +200,7 @@ def plan(
     >>> plan("ij,jk->ik", (2, 3), (3, 4)) is p
     True
     """
-    key = tuple(tuple(int(s) for s in shape) for shape in shapes)
+    key = tuple(_shape_key(shape) for shape in shapes)
     return _cached_plan(equation, key, optimize, memory_limit)
 
 
@@ -202,7 +233,8 @@ def contract(equation: str, *operands: Array, optimize: str = "auto") -> Array:
     (2, 4)
     """
     check_same_backend(operands, [f"operand {i}" for i in range(len(operands))])
-    return plan(equation, *(tuple(op.shape) for op in operands), optimize=optimize)(*operands)
+    ops: list[Array] = promote(operands)
+    return plan(equation, *(tuple(op.shape) for op in ops), optimize=optimize)(*ops)
 
 
 def plan_cache_info() -> Any:

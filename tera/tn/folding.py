@@ -14,6 +14,7 @@ never change values, and keep autograd intact.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 from tera.errors import ShapeError, TensorizationError
@@ -30,11 +31,23 @@ __all__ = [
 ]
 
 
-def _check_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, ...]:
+def as_int(value: object) -> int | None:
+    """``value`` as an int if it is an integer (Python or numpy, not bool), else ``None``."""
+    if isinstance(value, bool):
+        return None
     try:
-        out = tuple(int(s) for s in shape)
-    except TypeError as err:
-        raise ShapeError(f"{name} must be a sequence of ints, got {shape!r}") from err
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _check_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise ShapeError(f"{name} must be a sequence of ints such as (2, 3, 4), got {shape!r}")
+    sizes = [as_int(s) for s in shape]
+    if any(s is None for s in sizes):
+        raise ShapeError(f"{name} must be a sequence of ints such as (2, 3, 4), got {shape!r}")
+    out = tuple(s for s in sizes if s is not None)
     if any(s < 0 for s in out):
         raise ShapeError(f"{name} {out} has a negative size; sizes must be >= 0")
     return out
@@ -42,8 +55,10 @@ def _check_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, ...]:
 
 def check_mode(n: int, order: int) -> int:
     """Return ``n`` as a non-negative mode index of an order-``order`` tensor, or raise."""
-    if not isinstance(n, int) or isinstance(n, bool):
+    index = as_int(n)
+    if index is None:
         raise ShapeError(f"mode must be an int, got {n!r}")
+    n = index
     if not -order <= n < order:
         valid = f"0..{order - 1} (or -{order}..-1)" if order else "none: the tensor is 0-d"
         raise ShapeError(f"mode {n} is out of range for an order-{order} tensor; use {valid}")
@@ -51,8 +66,10 @@ def check_mode(n: int, order: int) -> int:
 
 
 def _check_k(k: int, order: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool):
+    index = as_int(k)
+    if index is None:
         raise ShapeError(f"k must be an int, got {k!r}")
+    k = index
     if not 0 <= k <= order:
         raise ShapeError(
             f"k={k} is out of range for an order-{order} tensor; k counts the modes that "
@@ -199,6 +216,15 @@ def mode_fold(matrix: Array, n: int, shape: Sequence[int]) -> Array:
     return moveaxis(matrix.reshape((shape_t[n], *rest)), 0, n)
 
 
+def _check_size(value: object, name: str = "size", minimum: int | None = 1) -> int:
+    size = as_int(value)
+    if size is None:
+        raise TensorizationError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and size < minimum:
+        raise TensorizationError(f"{name} must be >= {minimum}, got {size}")
+    return size
+
+
 def _int_root(size: int, p: int) -> int | None:
     """Return the integer m with m**p == size, or None."""
     m = round(math.pow(size, 1.0 / p))
@@ -221,6 +247,7 @@ def valid_mode_sizes(size: int) -> tuple[int, ...]:
     >>> valid_mode_sizes(576)
     (24, 576)
     """
+    size = _check_size(size)
     if size < 2:
         return (size,)
     found = {size}
@@ -257,6 +284,8 @@ def suggest_modes(size: int, mode_size: int) -> tuple[int, ...]:
     >>> suggest_modes(576, 8)
     (8, 8, 3, 3)
     """
+    size = _check_size(size)
+    mode_size = _check_size(mode_size, "mode_size", minimum=None)
     if size < 2 or mode_size < 2:
         return (size,)
     modes: list[int] = []
@@ -306,11 +335,8 @@ def split_dim(size: int, mode_size: int) -> tuple[int, ...]:
     ...
     tera.errors.TensorizationError: 4096 cannot be split into modes of 6; use one of 2, 4, 8, 16, 64, 4096, or pass explicit modes such as (4, 4, 4, 4, 4, 4)
     """  # noqa: E501
-    for value, name in ((size, "size"), (mode_size, "mode_size")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TensorizationError(f"{name} must be an int, got {value!r}")
-    if size < 1:
-        raise TensorizationError(f"size must be >= 1, got {size}")
+    size = _check_size(size)
+    mode_size = _check_size(mode_size, "mode_size", minimum=None)
     if mode_size < 2:
         raise TensorizationError(
             f"mode_size must be >= 2, got {mode_size}; a mode of size 1 adds nothing, "

@@ -23,7 +23,7 @@ import opt_einsum
 
 from tera.errors import ShapeError
 from tera.tn._backend import Array, check_array, check_same_backend, kron2, moveaxis, tensordot
-from tera.tn.contract import contract
+from tera.tn.contract import contract, promote
 from tera.tn.folding import check_mode
 
 __all__ = ["khatri_rao", "kron", "kron_apply", "mode_product", "multi_mode_product"]
@@ -86,6 +86,7 @@ def mode_product(tensor: Array, matrix: Array, n: int) -> Array:
             f"matrix of shape {tuple(matrix.shape)} does not fit mode {n} of a tensor of "
             f"shape {tuple(tensor.shape)}: it needs {tensor.shape[n]} rows; {_CONVENTION}"
         )
+    tensor, matrix = promote([tensor, matrix])
     return moveaxis(tensordot(tensor, matrix, ([n], [0])), -1, n)
 
 
@@ -134,6 +135,11 @@ def multi_mode_product(
             )
         mode_list = list(range(len(mats)))
     else:
+        if isinstance(modes, (str, bytes)) or not isinstance(modes, Sequence):
+            raise ShapeError(
+                f"modes must be a sequence of ints, one per matrix, got {modes!r}; "
+                f"e.g. modes=[{modes!r}] for a single matrix"
+            )
         mode_list = [check_mode(m, tensor.ndim) for m in modes]
         if len(mode_list) != len(mats):
             raise ShapeError(
@@ -219,6 +225,8 @@ def kron_apply(matrices: Sequence[Array], x: Array) -> Array:
             f"x of shape {tuple(x.shape)} does not fit kron of factors with column sizes "
             f"{cols}: its first dimension must be prod = {n_in}"
         )
+    promoted: list[Array] = promote([*mats, x])
+    mats, x = promoted[:-1], promoted[-1]
     batch_shape = tuple(x.shape[1:])
     batch = math.prod(batch_shape)
     if n_in * batch == 0 or n_out == 0:

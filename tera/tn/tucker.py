@@ -24,7 +24,7 @@ from tera.tn._backend import (
     norm,
     svd,
 )
-from tera.tn.folding import mode_unfold, unfold
+from tera.tn.folding import as_int, mode_unfold, unfold
 from tera.tn.products import check_matrices, kron_apply, multi_mode_product
 
 __all__ = ["Tucker", "hooi", "hosvd", "tucker_to_matrix", "tucker_to_tensor"]
@@ -160,7 +160,19 @@ def tucker_to_matrix(core: Array, factors: Sequence[Array], k: int) -> Array:
 def _check_ranks(ranks: int | Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
     if ranks is None:
         return shape
-    rank_t = (ranks,) * len(shape) if isinstance(ranks, int) else tuple(int(r) for r in ranks)
+    bad = RankError(
+        f"ranks must be an int, a sequence of ints (one per mode) or None, got {ranks!r}"
+    )
+    one = as_int(ranks)
+    if one is not None:
+        rank_t: tuple[int, ...] = (one,) * len(shape)
+    elif isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
+        raise bad
+    else:
+        values = [as_int(r) for r in ranks]
+        if any(v is None for v in values):
+            raise bad
+        rank_t = tuple(v for v in values if v is not None)
     if len(rank_t) != len(shape):
         raise RankError(
             f"ranks {rank_t} give {len(rank_t)} values for an order-{len(shape)} tensor of "
