@@ -195,7 +195,8 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise LoadError(
-            f"{path} cannot be read ({err}); the file is corrupted or truncated"
+            f"{path} cannot be read ({err}); the file is corrupted or truncated: save the "
+            "adapter again with save_pretrained()"
         ) from None
 
 
