@@ -81,7 +81,7 @@ class TuckerKernel:
     def __call__(self, operands: list[torch.Tensor]) -> torch.Tensor:
         """``dW`` as ``out x in``."""
         core, vectors, factors = operands[0], operands[1::2], operands[2::2]
-        return scaled_tucker_matrix(core, vectors, factors, self.k).T
+        return scaled_tucker_matrix(core, vectors, factors, self.k, transpose=True)
 
     def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
         """FLOPs from :func:`tera.tn.kernels.scaled_tucker_flops`."""

@@ -48,23 +48,26 @@ def merge_small_modes(sizes: Sequence[int], limit: int = MERGE_LIMIT) -> list[li
 
     Each group is then applied as one mode through the Kronecker product of its factors:
     a few GEMMs of width ``<= limit`` instead of one memory-bound pass per tiny mode.
+    Groups are filled from the last mode backwards, so the widest group is the last one,
+    which is applied as a plain GEMM (the others need a batched one).
 
     Examples
     --------
     >>> from tera.tn.kernels import merge_small_modes
     >>> merge_small_modes([1024, 4, 4, 4, 4, 4])
-    [[0], [1, 2, 3], [4, 5]]
+    [[0], [1, 2], [3, 4, 5]]
     >>> merge_small_modes([32, 32, 32, 32])
     [[0], [1], [2], [3]]
     """
     groups: list[list[int]] = []
     size = 0
-    for n, s in enumerate(sizes):
+    for n in reversed(range(len(sizes))):
+        s = sizes[n]
         if groups and size * s <= limit:
-            groups[-1].append(n)
+            groups[0].insert(0, n)
             size *= s
         else:
-            groups.append([n])
+            groups.insert(0, [n])
             size = s
     return groups
 
@@ -107,51 +110,72 @@ def _materialize(
     return _apply_modes(core, ranks, scaled, groups)
 
 
+def _contract_vectors(h: torch.Tensor, vectors: Sequence[torch.Tensor], left: bool) -> torch.Tensor:
+    """Contract the leading (``left``) or trailing modes of flat ``h`` with ``vectors``."""
+    outer = _kron([v[None, :] for v in vectors]).reshape(-1)
+    return outer @ h.reshape(outer.shape[0], -1) if left else h.reshape(-1, outer.shape[0]) @ outer
+
+
 def _all_but_one(h: torch.Tensor, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``[sum_{r without r_n} h(r) prod_{m != n} v_m(r_m) for n]``: one GEMV pass per mode."""
-    ranks = [int(v.shape[0]) for v in vectors]
-    out = []
-    for n in range(len(vectors)):
-        left = _kron([v[None, :] for v in vectors[:n]]).reshape(-1) if n else None
-        right = (
-            _kron([v[:, None] for v in vectors[n + 1 :]]).reshape(-1)
-            if n + 1 < len(ranks)
-            else None
-        )
-        x = h.reshape(math.prod(ranks[:n]), -1)
-        x = left @ x if left is not None else x.reshape(-1)
-        x = x.reshape(ranks[n], -1)
-        out.append(x @ right if right is not None else x.reshape(-1))
-    return out
+    """``[sum_{r without r_n} h(r) prod_{m != n} v_m(r_m) for n]`` by halving.
+
+    Split the modes where the sizes balance, contract each half's vectors away from the
+    other half (two GEMV passes over ``h``) and recurse on the much smaller remainders.
+    """
+    if len(vectors) == 1:
+        return [h.reshape(-1)]
+    sizes = [int(v.shape[0]) for v in vectors]
+    total = math.prod(sizes)
+    split, prefix = 1, sizes[0]
+    while split < len(sizes) - 1 and prefix * sizes[split] <= math.isqrt(total):
+        prefix *= sizes[split]
+        split += 1
+    head, tail = vectors[:split], vectors[split:]
+    return _all_but_one(_contract_vectors(h, tail, left=False), head) + _all_but_one(
+        _contract_vectors(h, head, left=True), tail
+    )
 
 
 class _ScaledTucker(torch.autograd.Function):
-    """Lean autograd for ``M = unfold(G x_n diag(d_n) A_n)``: gradients for the ``d`` only."""
+    """Lean autograd for ``M = unfold(G x_n diag(d_n) A_n)``: gradients for the ``d`` only.
+
+    With ``transpose`` the output is ``M.T`` (a view) and its gradient, contiguous in that
+    layout, is taken as the tensor with the column modes first: no transposing copy.
+    """
 
     @staticmethod
-    def forward(ctx: Any, core: torch.Tensor, n_modes: int, *tensors: torch.Tensor) -> torch.Tensor:
-        vectors, factors = tensors[:n_modes], tensors[n_modes:]
+    def forward(
+        ctx: Any, core: torch.Tensor, k: int, transpose: bool, *tensors: torch.Tensor
+    ) -> torch.Tensor:
+        n = core.ndim
+        vectors, factors = tensors[:n], tensors[n:]
         ctx.save_for_backward(core, *tensors)
-        ctx.n_modes = n_modes
-        return _materialize(core, vectors, factors)
+        ctx.k, ctx.transpose = k, transpose
+        rows = math.prod(int(a.shape[1]) for a in factors[:k])
+        m = _materialize(core, vectors, factors).reshape(rows, -1)
+        return m.T if transpose else m
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         core, *tensors = ctx.saved_tensors
-        n = ctx.n_modes
+        n = core.ndim
         vectors, factors = tensors[:n], tensors[n:]
-        modes = [int(a.shape[1]) for a in factors]
-        back = [a.T for a in factors]
+        order = list(range(n))
+        if ctx.transpose:
+            if grad.is_contiguous():  # the tensor with the column modes first
+                order = order[ctx.k :] + order[: ctx.k]
+            else:
+                grad = grad.T
+        modes = [int(factors[i].shape[1]) for i in order]
+        back = [factors[i].T for i in order]
         grad_core = _apply_modes(grad.contiguous(), modes, back, merge_small_modes(modes))
-        h = grad_core.reshape(core.shape).mul_(core)
-        grads = _all_but_one(h, vectors)
-        needs = ctx.needs_input_grad[2 : 2 + n]
-        return (
-            None,
-            None,
-            *(g if need else None for g, need in zip(grads, needs, strict=True)),
-            *(None,) * n,
-        )
+        ranks = [int(core.shape[i]) for i in order]
+        h = grad_core.reshape(ranks).mul_(core.permute(order))
+        permuted = _all_but_one(h, [vectors[i] for i in order])
+        grads: list[torch.Tensor | None] = [None] * n
+        for i, g in zip(order, permuted, strict=True):
+            grads[i] = g if ctx.needs_input_grad[3 + i] else None
+        return (None, None, None, *grads, *(None,) * n)
 
 
 def _check(core: Array, vectors: Sequence[Array], factors: Sequence[Array], k: int) -> None:
@@ -184,7 +208,12 @@ def _check(core: Array, vectors: Sequence[Array], factors: Sequence[Array], k: i
 
 
 def scaled_tucker_matrix(
-    core: Array, vectors: Sequence[Array], factors: Sequence[Array], k: int, scale: float = 1.0
+    core: Array,
+    vectors: Sequence[Array],
+    factors: Sequence[Array],
+    k: int,
+    scale: float = 1.0,
+    transpose: bool = False,
 ) -> Array:
     r"""``unfold_[N;k](G x_1 diag(d_1) A_1 ... x_N diag(d_N) A_N) * scale``, fast and lean.
 
@@ -200,14 +229,17 @@ def scaled_tucker_matrix(
         Number of leading modes that index the rows.
     scale : float
         A scalar applied to the result.
+    transpose : bool
+        Return the transpose (a view), e.g. torch's ``out x in`` weight orientation when
+        the first ``k`` modes index the input; its backward then needs no transposing copy.
 
     Returns
     -------
     numpy.ndarray or torch.Tensor
-        The ``prod(I[:k]) x prod(I[k:])`` matrix. For torch inputs the gradient reaches the
-        vectors through a memory-lean backward; if the core or a factor requires grad, the
-        same contraction order runs under plain autograd instead (which stores its
-        intermediates).
+        The ``prod(I[:k]) x prod(I[k:])`` matrix (or its transpose). For torch inputs the
+        gradient reaches the vectors through a memory-lean backward; if the core or a
+        factor requires grad, the same contraction order runs under plain autograd
+        instead (which stores its intermediates).
 
     Examples
     --------
@@ -231,16 +263,17 @@ def scaled_tucker_matrix(
             [torch.from_numpy(np.asarray(a)) for a in factors],
             k,
             scale,
+            transpose,
         )
         return cast(Array, out.numpy())
     vecs = list(vectors)
     facs = list(factors)
     rows = math.prod(int(a.shape[1]) for a in facs[:k])
     if core.requires_grad or any(a.requires_grad for a in facs):
-        m = _materialize(core, vecs, facs)
+        m = _materialize(core, vecs, facs).reshape(rows, -1)
+        m = m.T if transpose else m
     else:
-        m = cast(torch.Tensor, _ScaledTucker.apply(core, len(facs), *vecs, *facs))  # type: ignore[no-untyped-call]
-    m = m.reshape(rows, -1)
+        m = cast(torch.Tensor, _ScaledTucker.apply(core, k, transpose, *vecs, *facs))  # type: ignore[no-untyped-call]
     return cast(Array, m * scale if scale != 1.0 else m)
 
 

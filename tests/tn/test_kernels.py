@@ -58,15 +58,36 @@ def test_gradients_of_the_vectors_equal_autograd_of_the_reference(net, seed):
         torch.testing.assert_close(a, b)
 
 
+@settings(max_examples=100, deadline=None)
+@given(networks(), st.integers(0, 2**31 - 1), st.booleans())
+def test_transposed_output_and_its_gradients(net, seed, contiguous_grad):
+    """``transpose=True`` is the transpose; its backward takes either gradient layout."""
+    core, vectors, factors, k = net
+    vectors = [v.clone().requires_grad_(True) for v in vectors]
+    out = scaled_tucker_matrix(core, vectors, factors, k, transpose=True)
+    ref = _reference(core, vectors, factors, k)
+    torch.testing.assert_close(out, ref.T)
+    gen = torch.Generator().manual_seed(seed)
+    upstream = torch.randn(out.shape, generator=gen, dtype=F64)
+    if not contiguous_grad:
+        upstream = upstream.T.contiguous().T
+    ours = torch.autograd.grad(out, vectors, upstream)
+    theirs = torch.autograd.grad(ref.T, vectors, upstream)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
 def test_gradcheck_of_the_custom_backward():
     gen = torch.Generator().manual_seed(0)
     modes = (3, 2, 4)
     core = torch.randn(*modes, generator=gen, dtype=F64)
     factors = [torch.randn(i, i, generator=gen, dtype=F64) for i in modes]
     vectors = [torch.randn(i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
-    assert torch.autograd.gradcheck(
-        lambda *v: scaled_tucker_matrix(core, list(v), factors, 2), vectors
-    )
+    for transpose in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda *v, t=transpose: scaled_tucker_matrix(core, list(v), factors, 2, transpose=t),
+            vectors,
+        )
 
 
 def test_trainable_core_and_factors_fall_back_to_plain_autograd():
@@ -131,8 +152,8 @@ def test_merge_small_modes_partitions_in_order_within_the_limit(sizes, limit):
     assert [n for g in groups for n in g] == list(range(len(sizes)))
     for g in groups:
         assert len(g) == 1 or math.prod(sizes[n] for n in g) <= limit
-    for a, b in itertools.pairwise(groups):  # greedy: the next mode did not fit
-        assert math.prod(sizes[n] for n in a) * sizes[b[0]] > limit
+    for a, b in itertools.pairwise(groups):  # greedy from the right: a's last did not fit
+        assert math.prod(sizes[n] for n in b) * sizes[a[-1]] > limit
 
 
 def test_flops_of_the_paper_case_are_near_2_j_cubed():
