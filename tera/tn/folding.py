@@ -340,7 +340,7 @@ def split_dim(size: int, mode_size: int) -> tuple[int, ...]:
     if mode_size < 2:
         raise TensorizationError(
             f"mode_size must be >= 2, got {mode_size}; a mode of size 1 adds nothing, "
-            f"use a mode size >= {size} to keep the dimension whole"
+            f"use a mode size >= {max(size, 2)} to keep the dimension whole"
         )
     if mode_size >= size:
         return (size,)
