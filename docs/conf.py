@@ -49,6 +49,8 @@ nitpick_ignore_regex = [
     ("py:class", r"tera\.tn\._backend\.Array"),  # the numpy-or-torch TypeVar
     ("py:class", r"sequence|optional|array"),  # prose types of numpy-style docstrings
     ("py:class", r"nn\..+|(pathlib\.)?Path"),  # torch.nn and pathlib names as annotated
+    # AdapterTrainer's signature is transformers.Trainer's
+    ("py:class", r"(transformers|datasets)\..+|Dataset|IterableDataset"),
 ]
 
 # -- API reference: autodoc + napoleon (numpy-style docstrings) -------------------------

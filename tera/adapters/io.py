@@ -280,7 +280,7 @@ def load_adapter(
 def load_adapter_weights(model: AdaptedModel, directory: str | Path) -> None:
     """Load a saved adapter's tensors into a model that already carries the same adapter.
 
-    The inverse of :func:`save_adapter` for resuming training (what Hugging Face
+    The inverse of :func:`~tera.adapters.save_adapter` for resuming training (what Hugging Face
     ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the adapter's
     parameters (and ``modules_to_save``) are overwritten in place and keep their
     ``requires_grad``, so an optimizer holding them stays valid.
