@@ -21,7 +21,7 @@ from tera.adapters.config import (
     config_from_dict,
 )
 from tera.adapters.io import load_adapter as from_pretrained
-from tera.adapters.io import save_adapter
+from tera.adapters.io import load_adapter_weights, save_adapter
 from tera.adapters.layer import AdapterLinear
 from tera.adapters.model import AdaptedModel, ParameterReport, adapt, find_targets, parameter_report
 
@@ -39,6 +39,7 @@ __all__ = [
     "config_from_dict",
     "find_targets",
     "from_pretrained",
+    "load_adapter_weights",
     "parameter_report",
     "save_adapter",
 ]
