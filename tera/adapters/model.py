@@ -483,7 +483,7 @@ class AdaptedModel(nn.Module):
     def load_adapter_weights(self, directory: str | FsPath) -> None:
         """Load the tensors of an adapter saved from this same configuration (resume training).
 
-        See :func:`tera.adapters.io.load_adapter_weights`.
+        See :func:`~tera.adapters.load_adapter_weights`.
         """
         from tera.adapters.io import load_adapter_weights
 
