@@ -87,9 +87,7 @@ def test_ranks_larger_than_the_mode_sizes():
 
 
 def test_rank_below_one():
-    with pytest.raises(
-        RankError, match=r"ranks must be a sequence of ints >= 1, one per mode .* got \(4, 0\)"
-    ):
+    with pytest.raises(RankError, match=r"ranks must be ints >= 1, one per mode .* got \(4, 0\)"):
         TeRAConfig(ranks=(4, 0))
 
 

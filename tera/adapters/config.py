@@ -291,7 +291,7 @@ class TeRAConfig(AdapterConfig):
             )
             if not values or any(r is None or r < 1 for r in values):
                 raise RankError(
-                    f"ranks must be a sequence of ints >= 1, one per mode (e.g. (8, 4, 4)), "
+                    f"ranks must be ints >= 1, one per mode (e.g. (8, 4, 4)), "
                     f"or None for full ranks, got {self.ranks!r}"
                 )
             object.__setattr__(self, "ranks", tuple(values))
