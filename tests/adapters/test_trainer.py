@@ -162,3 +162,19 @@ def test_gradient_checkpointing_gives_the_same_gradients_to_the_ds():
     for name, g in plain.items():
         assert float(g.abs().max()) > 0, name
         torch.testing.assert_close(ckpt[name], g, rtol=1e-6, atol=1e-9)
+
+
+def test_adapter_trainer_resumes_from_a_plain_trainer_checkpoint(tmp_path):
+    """A checkpoint of ``transformers.Trainer`` (the full state dict) resumes too."""
+    plain = adapt(_base(), CONFIG)
+    args = _args(tmp_path / "plain", max_steps=2, save_steps=1)
+    Trainer(model=plain, args=args, train_dataset=_data()).train()
+    assert "model.safetensors" in os.listdir(tmp_path / "plain" / "checkpoint-1")
+    resumed = adapt(_base(), CONFIG)
+    args = _args(tmp_path / "resumed", max_steps=2, save_steps=1)
+    trainer = AdapterTrainer(model=resumed, args=args, train_dataset=_data())
+    trainer.train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-1"))
+    expected, got = _ds(plain), _ds(resumed)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert "adapter_model.safetensors" in os.listdir(tmp_path / "resumed" / "checkpoint-2")
