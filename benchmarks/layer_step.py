@@ -135,15 +135,21 @@ def flop_ratio(model: nn.Module, tokens: int, j: int) -> str:
     return f"{1 + extra / (4 * tokens * j * j):.2f}"
 
 
-def speed(sizes: list[int], tokens_list: list[int], reps: int) -> str:
-    """The speed table (Markdown)."""
+def speed(sizes: list[int], tokens_list: list[int], reps: int, only: str = "") -> str:
+    """The speed table (Markdown); ``only`` keeps variants whose name contains a listed word."""
     rows = []
     for j in sizes:
         for tokens in tokens_list:
             torch.manual_seed(1)
             x = torch.randn(tokens, j, requires_grad=True)
             gy = torch.randn(tokens, j)
-            models = {name: build(name, j) for name in variant_names(j)}
+            wanted = [w for w in only.split(",") if w]
+            names = [
+                n
+                for n in variant_names(j)
+                if n == "base" or not wanted or any(w in n for w in wanted)
+            ]
+            models = {name: build(name, j) for name in names}
             steps = {name: stepper(m, x, gy) for name, m in models.items()}
             result = alternate(steps, "base", reps)
             for name, t in result.items():
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="1024,2048")
     parser.add_argument("--tokens", default="512,2048,8192")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--only", default="", help="e.g. 'TeRA,HiRA': those variants only")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory")
     parser.add_argument("--memory-size", default="1024,2048", help="J,tokens of the memory run")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     tokens = [int(s) for s in args.tokens.split(",")]
-    parts = [f"Machine: {machine()}", "", speed(sizes, tokens, args.reps)]
+    parts = [f"Machine: {machine()}", "", speed(sizes, tokens, args.reps, args.only)]
     if args.memory:
         mj, mt = (int(s) for s in args.memory_size.split(","))
         parts += ["", memory(mj, mt)]

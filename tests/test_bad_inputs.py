@@ -190,7 +190,7 @@ def test_nan_in_the_adapter_at_merge():
     with torch.no_grad():
         model.adapter_layers["0"].adapter.d[0][0] = float("nan")
     with pytest.raises(
-        MergeError, match=r"NaN/inf into the base weight \(dW holds non-finite values\); check"
+        MergeError, match=r"NaN/inf into the base weight \(dW holds non-finite values; check the"
     ):
         model.merge()
 
@@ -199,7 +199,9 @@ def test_inf_in_the_base_weight_at_merge():
     model = adapt(mlp(), make_config("lora", "mlp"))
     with torch.no_grad():
         model.base_model[0].base_layer.weight[0, 0] = float("inf")
-    with pytest.raises(MergeError, match=r"\(the base weight holds non-finite values\)"):
+    with pytest.raises(
+        MergeError, match=r"\(the base weight already holds non-finite values; fix the base model"
+    ):
         model.merge()
 
 
@@ -397,3 +399,9 @@ def test_every_error_is_also_a_builtin_error():
         (ConfigError, TypeError),
     ]:
         assert issubclass(cls, TeraError) and issubclass(cls, builtin)
+
+
+def test_input_of_the_wrong_width_for_an_adapted_layer():
+    model = adapt(mlp(), make_config("tera", "mlp"))
+    with pytest.raises(ShapeError, match=r"input of shape \(2, 7\).*in_features=16"):
+        model(torch.randn(2, 7))

@@ -21,8 +21,9 @@ keeps nothing of the size of ``dW``); the generic planned einsum serves everythi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import opt_einsum
 import torch
@@ -44,6 +45,14 @@ __all__ = [
 Path = Literal["materialize", "push"]
 COMPUTE_DTYPE = torch.float32
 """Adapters compute in at least float32 (half inputs are upcast, the result cast back)."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _not_compiled(fn: _F) -> _F:
+    """Keep ``torch.compile`` out of planning (Python bookkeeping around opt_einsum)."""
+    return cast(_F, torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
 
 
 class DeltaKernel(Protocol):
@@ -171,12 +180,14 @@ def _limit(output: int, shapes: tuple[tuple[int, ...], ...]) -> int:
     return max(output, *(math.prod(s) for s in shapes))
 
 
+@_not_compiled
 def _dw_plan(net: Network) -> ContractionPlan:
     shapes = net.shapes()
     limit = _limit(net.in_features * net.out_features, shapes)
     return plan(net.dw_equation(), *shapes, memory_limit=limit)
 
 
+@_not_compiled
 def _push_plan(net: Network, tokens: int) -> ContractionPlan:
     shapes = ((tokens, *net.in_shape), *net.shapes())
     limit = _limit(tokens * max(net.in_features, net.out_features), shapes)
@@ -279,6 +290,7 @@ def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -
     return {"materialize": materialize, "push": push_flops}
 
 
+@_not_compiled
 def choose_path(net: Network, tokens: int, fused: bool, backward: bool = False) -> Path:
     """The cheaper evaluation for ``tokens`` rows of input (ties go to materializing).
 

@@ -15,7 +15,7 @@ from torch import nn
 from tera.adapters.base import Adapter
 from tera.adapters.engine import Path, choose_path, delta_weight, push
 from tera.adapters.factors import SharedFactors
-from tera.errors import AdapterStateError, DTypeError, MergeError, TargetError
+from tera.errors import AdapterStateError, DTypeError, MergeError, ShapeError, TargetError
 
 __all__ = ["AdapterLinear", "is_conv1d", "linear_shape", "module_weight"]
 
@@ -154,6 +154,11 @@ class AdapterLinear(nn.Module):
         if self.disabled or self.merged:
             out: torch.Tensor = self.base_layer(x, *args, **kwargs)
             return out
+        if x.shape[-1:] != (self.in_features,):
+            raise ShapeError(
+                f"input of shape {tuple(x.shape)} does not fit this layer: its last dimension "
+                f"must be in_features={self.in_features}"
+            )
         net = self.adapter.network(self.base_weight())
         tokens = x.numel() // self.in_features if self.in_features else 0
         fused = self._can_fuse()
@@ -198,10 +203,13 @@ class AdapterLinear(nn.Module):
         w0 = self.base_weight()
         merged = w0.to(dw.dtype) + dw
         if not torch.isfinite(merged).all():
-            bad = "dW" if not torch.isfinite(dw).all() else "the base weight"
+            if not torch.isfinite(dw).all():
+                cause = "dW holds non-finite values; check the adapter's parameters"
+            else:
+                cause = "the base weight already holds non-finite values; fix the base model"
             raise MergeError(
-                f"merging would write NaN/inf into the base weight ({bad} holds non-finite "
-                "values); check the adapter's parameters, the base weight was not changed"
+                f"merging would write NaN/inf into the base weight ({cause}); the base "
+                "weight was not changed"
             )
         keep = self.adapter.uses_base_weight if keep_original is None else keep_original
         self._original_weight = module_weight(self.base_layer).detach().clone() if keep else None
