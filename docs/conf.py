@@ -49,6 +49,8 @@ nitpick_ignore_regex = [
     ("py:class", r"tera\.tn\._backend\.Array"),  # the numpy-or-torch TypeVar
     ("py:class", r"sequence|optional|array"),  # prose types of numpy-style docstrings
     ("py:class", r"nn\..+|(pathlib\.)?Path"),  # torch.nn and pathlib names as annotated
+    ("py:class", r"matplotlib\..+|callable|mapping|str to mapping"),
+    ("py:class", r'\{?"\w+"\}?'),  # numpy-style value sets: kind : {"classifier", "causal_lm"}
     # AdapterTrainer's signature is transformers.Trainer's
     ("py:class", r"(transformers|datasets)\..+|Dataset|IterableDataset"),
 ]

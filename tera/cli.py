@@ -45,6 +45,7 @@ BUNDLED_CONFIGS: dict[str, dict[str, Any]] = {
         num_hidden_layers=6, num_attention_heads=12,
     ),
 }  # fmt: skip
+"""Model configs ``tera params`` knows by name (Hugging Face config fields)."""
 
 
 def _meta_model(spec: str) -> tuple[nn.Module, tuple[str, ...]]:

@@ -15,7 +15,7 @@ How a ``task.json`` becomes examples:
 
 * every example has ``target_scores`` (a dict choice -> score): the choices are its keys
   in file order and the label is the first highest-scoring one; other choices with the same
-  top score are kept as :attr:`Example.alternatives`. Examples with fewer than two choices
+  top score are kept as ``Example.alternatives``. Examples with fewer than two choices
   or with all scores equal are dropped. If every example has the same set of choices, they
   are put in the first example's order, making a classification task;
 * only ``target`` (a string, or a list of acceptable strings whose first one is used):

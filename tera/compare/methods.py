@@ -64,6 +64,7 @@ METHODS: dict[str, Method] = {
         Method("tera", "TeRA", (1e-2, 3e-2, 1e-1)),
     )
 }
+"""Every method by name, with its label and learning-rate grid."""
 
 #: ``head`` on a causal LM: nothing to train (no new head), the pretrained model as it is.
 ZERO_SHOT = Method("head", "Zero-shot", (), trains=False)

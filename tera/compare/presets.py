@@ -21,8 +21,12 @@ class Preset:
         BIG-bench task names (``"synthetic"`` is a built-in toy task).
     methods : tuple of str
         Method names (see :data:`tera.compare.methods.METHODS`).
-    n_train, n_validation, n_test : int
-        Split sizes (the test split is fixed across seeds).
+    n_train : int
+        Training examples.
+    n_validation : int
+        Validation examples (the learning-rate search).
+    n_test : int
+        Test examples (the reported accuracy; fixed across seeds and methods).
     seeds : int
         Seeds per method and task.
     search_steps : int
@@ -89,3 +93,7 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }
+"""The named presets, ``smoke`` (tiny random model, synthetic task, < 1 min; the tests run
+it), ``default`` (MiniLM on MultiEmo, every method, <= 10 min on 2 cores) and
+``paper-small`` (SmolLM2-135M on three commonsense tasks, 3 seeds, about an hour).
+"""

@@ -27,14 +27,15 @@ from tera.compare.train import RunResult, train_run
 
 __all__ = ["MODEL_KINDS", "compare", "load_task", "model_loader"]
 
-#: What each model of ``--model`` is: a classifier gets a new task head; a causal LM is
-#: fine-tuned on ``question -> answer`` text and scored by likelihood.
 MODEL_KINDS: dict[str, str] = {
     "minilm": "classifier",
     "tiny": "classifier",
     "smollm2": "causal_lm",
     "tiny-lm": "causal_lm",
 }
+"""What each model of ``--model`` is. A classifier gets a new task head; a causal LM is
+fine-tuned on ``question -> answer`` text and scored by likelihood.
+"""
 CLASSIFIERS = tuple(m for m, kind in MODEL_KINDS.items() if kind == "classifier")
 
 

@@ -61,7 +61,7 @@ class RunResult:
 class _SavedForBackward:
     """Bytes autograd keeps for the backward pass, counted once per storage.
 
-    A :func:`torch.autograd.graph.saved_tensors_hooks` context: every tensor an operation
+    A ``torch.autograd.graph.saved_tensors_hooks`` context: every tensor an operation
     saves for backward goes through :meth:`pack`. The model's own parameters and buffers are
     not counted (they are in memory anyway); what remains are the activations a step holds
     until its backward, which is what separates the methods' training memory.
@@ -291,7 +291,7 @@ def train_run(
         Accuracy on ``evaluation``, the training losses, parameter counts, the training
         time and ``memory``: what training holds beyond the base model, measured in the
         first step, in bytes. ``saved_for_backward`` are the tensors autograd keeps for the
-        backward pass (through :func:`torch.autograd.graph.saved_tensors_hooks`, each
+        backward pass (through ``torch.autograd.graph.saved_tensors_hooks``, each
         storage once, the model's own weights left out: mostly activations),
         ``gradients`` and ``optimizer_state`` (AdamW's two moments) those of the trainable
         parameters, ``adapter_weights`` what the adapter added to the model (its trainable
