@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 import opt_einsum
 import torch
+import torch.nn.functional as F
 
 from tera.tn import ContractionPlan, plan
 from tera.tn.kernels import scaled_tucker_flops, scaled_tucker_matrix
@@ -235,7 +236,7 @@ def delta_weight(net: Network, dtype: torch.dtype | None = None) -> torch.Tensor
 
 
 def push(net: Network, x: torch.Tensor) -> torch.Tensor:
-    """``x @ dW.T`` for ``x`` of shape ``(tokens, in_features)`` without forming ``dW``.
+    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)`` without forming ``dW``.
 
     Examples
     --------
@@ -248,12 +249,70 @@ def push(net: Network, x: torch.Tensor) -> torch.Tensor:
     True
     """
     ops = _operands(net)
-    tokens = x.shape[0]
+    if x.dtype != ops[0].dtype:
+        x = x.to(ops[0].dtype)
+    chain = _chain(net)
+    if chain is not None:
+        return _push_chain(chain, ops, x)
+    lead = tuple(x.shape[:-1])
+    tokens = math.prod(lead)
     xt = x.reshape(tokens, *net.in_shape)
-    if xt.dtype != ops[0].dtype:
-        xt = xt.to(ops[0].dtype)
     out = _push_plan(net, tokens)(xt, *ops)
-    return out.reshape(tokens, net.out_features)
+    return out.reshape(*lead, net.out_features)
+
+
+_Step = tuple[int, bool, list[int]]
+"""One matrix of a chain: operand index, whether it is stored ``next x current`` (as
+``F.linear`` wants it), and the indices of the vectors scaling its output index."""
+
+
+def _chain(net: Network) -> list[_Step] | None:
+    """The network as a chain ``x -> M_1 -> diag(v) -> M_2 ...`` (LoRA, VeRA), else None."""
+    if len(net.in_subscripts) != 1 or len(net.out_subscripts) != 1:
+        return None
+    subs = net.subscripts
+    if any(len(sub) not in (1, 2) or (len(sub) == 2 and sub[0] == sub[1]) for sub in subs):
+        return None
+    vectors: dict[str, list[int]] = {}
+    for i, sub in enumerate(subs):
+        if len(sub) == 1:
+            vectors.setdefault(sub, []).append(i)
+    matrices = [i for i, sub in enumerate(subs) if len(sub) == 2]
+    current, used, steps = net.in_subscripts, set(), list[_Step]()
+    while current != net.out_subscripts or not steps:
+        nxt = [i for i in matrices if i not in used and current in subs[i]]
+        if len(nxt) != 1:
+            return None
+        i = nxt[0]
+        used.add(i)
+        stored_next_first = subs[i][1] == current
+        current = subs[i][0] if stored_next_first else subs[i][1]
+        steps.append((i, stored_next_first, vectors.pop(current, [])))
+    leading = vectors.pop(net.in_subscripts, None)
+    if vectors or leading or len(used) != len(matrices):
+        return None
+    return steps
+
+
+def _push_chain(chain: list[_Step], ops: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``F.linear`` through the chain, as HF PEFT's LoRA/VeRA layers compute.
+
+    A frozen vector is folded into its matrix (a pass over ``r x in`` numbers instead of
+    ``tokens x r``); a trainable one scales the activations, so its gradient is a cheap
+    reduction and not the weight gradient of the folded matrix (a GEMM over the tokens).
+    """
+    h = x
+    grad = torch.is_grad_enabled()
+    for i, stored_next_first, vector_ids in chain:
+        m = ops[i] if stored_next_first else ops[i].T
+        trainable = [v for v in vector_ids if grad and ops[v].requires_grad]
+        for v in vector_ids:
+            if v not in trainable:
+                m = ops[v][:, None] * m
+        h = F.linear(h, m)
+        for v in trainable:
+            h = h * ops[v]
+    return h
 
 
 def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -> dict[Path, int]:
@@ -263,7 +322,8 @@ def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -
     serves both (no second ``2 * tokens * in * out`` product). ``backward`` adds the cost
     of the backward pass when the adapter trains: materializing then pays for the gradient
     of ``dW`` (``2 * tokens * in * out``), the backward of its construction and, unfused,
-    a second input-gradient product; pushing pays about twice its forward.
+    a second input-gradient product; pushing pays about its forward again (the input
+    gradient), twice when matrices train (LoRA's weight gradients).
 
     Examples
     --------
@@ -286,7 +346,10 @@ def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -
     push_flops = _push_plan(net, tokens).flops
     if backward:
         materialize += make_backward + 2 * tokens * size + (0 if fused else 2 * tokens * size)
-        push_flops *= 3
+        # the input gradient retraces the forward; trainable matrices (LoRA) add as much
+        # again for their weight gradients, trainable vectors only cheap reductions
+        trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
+        push_flops *= 3 if trains_matrix else 2
     return {"materialize": materialize, "push": push_flops}
 
 

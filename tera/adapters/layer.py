@@ -178,8 +178,8 @@ class AdapterLinear(nn.Module):
             return result + F.linear(x_in.to(dw.dtype), dw).to(result.dtype)
         result = self.base_layer(x, *args, **kwargs)
         x_in = self.dropout(x)
-        y = push(net, x_in.reshape(tokens, self.in_features))
-        return result + y.reshape(*x.shape[:-1], self.out_features).to(result.dtype)
+        y = push(net, x_in)  # any leading dims: no reshape, so autograd sums x's grads in place
+        return result + y.to(result.dtype)
 
     # -- merging ---------------------------------------------------------------------------
     def _write_base(self, new_oi: torch.Tensor) -> None:

@@ -105,3 +105,18 @@ def test_training_saves_at_most_two_weight_sized_tensors_per_layer(name):
     weight = 256 * 256
     assert sum(extra) <= (1 if name.startswith("tera") else 2) * weight
     assert all(p.grad is not None for p in layer.adapter.parameters())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_chains_are_pushed_with_linear_layers_and_agree_with_the_planned_einsum(name):
+    """LoRA and VeRA are chains (x -> A -> diag(d) -> B -> diag(b)) and take F.linear steps;
+    HiRA (Hadamard with W0) and TeRA (a core over several modes) use the planned einsum."""
+    from tera.adapters import engine
+
+    _, layer = _layer(name, torch.float64)
+    net = layer.adapter.network(layer.base_weight())
+    chain = engine._chain(net)
+    assert (chain is not None) == (name in ("lora", "vera"))
+    x = torch.randn(32, 256, dtype=torch.float64)
+    planned = engine._push_plan(net, 32)(x.reshape(32, *net.in_shape), *engine._operands(net))
+    torch.testing.assert_close(engine.push(net, x), planned.reshape(32, -1))
