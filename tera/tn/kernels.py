@@ -221,9 +221,9 @@ def scaled_tucker_matrix(
     ----------
     core : numpy.ndarray or torch.Tensor
         Core ``G`` of shape ``(R_1, ..., R_N)``.
-    vectors : sequence of arrays
+    vectors : sequence of numpy.ndarray or torch.Tensor
         ``d_n`` of shape ``(R_n,)``.
-    factors : sequence of arrays
+    factors : sequence of numpy.ndarray or torch.Tensor
         ``A_n`` of shape ``(R_n, I_n)`` (the paper's orientation).
     k : int
         Number of leading modes that index the rows.
