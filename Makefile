@@ -41,7 +41,7 @@ compare: $(STAMP)
 # Speed and memory, measured side by side (alternating repetitions, medians): one adapted
 # layer against the frozen base and PEFT's adapters, peak memory, a whole SmolLM2-135M step
 # per method and merged inference. Tables go to benchmarks/results/ (the docs' Performance
-# page includes them). Takes ~15 min on 2 cores; run it on an otherwise idle machine.
+# page includes them). Takes ~8 min on 2 idle cores; run it on an otherwise idle machine.
 BENCH_REPS ?= 5
 .PHONY: bench
 bench: $(STAMP)
