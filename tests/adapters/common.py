@@ -41,10 +41,10 @@ def bert() -> nn.Module:
     return BertModel(cfg).eval()
 
 
-def llama() -> nn.Module:
+def llama(vocab_size: int = 100) -> nn.Module:
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=100,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tera.adapters import TeRAConfig, adapt
+from tests.adapters.common import llama
 
 WORLD = 2
 STEPS = 3
@@ -42,17 +42,7 @@ TOLERANCE = 1e-6
 
 
 def _model():
-    torch.manual_seed(0)  # the *base* weights: a pretrained checkpoint every rank loads
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    base = LlamaForCausalLM(cfg)
+    base = llama(vocab_size=VOCAB).train()  # seeded: a pretrained checkpoint every rank loads
     # Deliberately scramble torch's RNG differently per process: the factors must not care.
     torch.manual_seed(1000 + (dist.get_rank() if dist.is_initialized() else 99))
     model = adapt(base, TeRAConfig(in_mode=32, out_mode=2, target_modules=["q_proj", "v_proj"]))

@@ -38,10 +38,10 @@ def _assert_old_adapter_intact(directory: Path, before: dict[str, bytes], expect
     assert torch.equal(run(loaded, "llama", inputs("llama")), expected)
 
 
-def test_failing_second_rename_rolls_back_the_first(saved, tmp_path, monkeypatch):
-    model, before, expected = saved
+def _crash_on_second_rename(monkeypatch) -> list[str]:
+    """Make a save's second ``os.replace`` raise; returns the names it was asked to rename."""
     real_replace = os.replace
-    calls = []
+    calls: list[str] = []
 
     def replace(src, dst):
         calls.append(Path(dst).name)
@@ -50,6 +50,12 @@ def test_failing_second_rename_rolls_back_the_first(saved, tmp_path, monkeypatch
         return real_replace(src, dst)
 
     monkeypatch.setattr("tera.adapters.io.os.replace", replace)
+    return calls
+
+
+def test_failing_second_rename_rolls_back_the_first(saved, tmp_path, monkeypatch):
+    model, before, expected = saved
+    calls = _crash_on_second_rename(monkeypatch)
     with pytest.raises(OSError, match="simulated crash"):
         model.save_pretrained(tmp_path)
     assert calls[:2] == ["adapter_model.safetensors", "adapter_config.json"]
@@ -96,16 +102,7 @@ def test_a_successful_save_replaces_both_files(saved, tmp_path):
 
 def test_first_save_that_fails_leaves_an_empty_directory(tmp_path, monkeypatch):
     model = adapt(llama(), make_config("lora", "llama"))
-    real_replace = os.replace
-    calls = []
-
-    def replace(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError("simulated crash")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr("tera.adapters.io.os.replace", replace)
+    _crash_on_second_rename(monkeypatch)
     with pytest.raises(OSError):
         model.save_pretrained(tmp_path / "new")
     assert os.listdir(tmp_path / "new") == []  # the renamed weights were removed again
@@ -117,17 +114,9 @@ def test_filesystems_without_hard_links_fall_back_to_copies(saved, tmp_path, mon
     def no_links(src, dst):
         raise OSError("hard links not supported")
 
-    real_replace = os.replace
-    calls = []
-
-    def replace(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError("simulated crash")
-        return real_replace(src, dst)
-
+    real_replace = os.replace  # the patch below replaces os.replace itself
     monkeypatch.setattr("tera.adapters.io.os.link", no_links)
-    monkeypatch.setattr("tera.adapters.io.os.replace", replace)
+    _crash_on_second_rename(monkeypatch)
     with pytest.raises(OSError, match="simulated crash"):
         model.save_pretrained(tmp_path)
     monkeypatch.setattr("tera.adapters.io.os.replace", real_replace)

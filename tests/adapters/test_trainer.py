@@ -12,28 +12,19 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from tera.adapters import TeRAConfig, adapt, from_pretrained
 from tera.adapters.trainer import AdapterTrainer
 from tera.errors import LoadError
+from tests.adapters.common import llama
 
 STEPS, SAVE_STEPS = 4, 2
 CONFIG = TeRAConfig(in_mode=32, out_mode=2, target_modules=["q_proj", "v_proj"])
 
 
-def _base() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(cfg)
+def _base() -> torch.nn.Module:
+    return llama(vocab_size=64).train()
 
 
 def _data() -> list[dict[str, torch.Tensor]]:
