@@ -20,6 +20,7 @@ keeps nothing of the size of ``dW``); the generic planned einsum serves everythi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,11 +267,16 @@ _Step = tuple[int, bool, list[int]]
 ``F.linear`` wants it), and the indices of the vectors scaling its output index."""
 
 
-def _chain(net: Network) -> list[_Step] | None:
+def _chain(net: Network) -> tuple[_Step, ...] | None:
     """The network as a chain ``x -> M_1 -> diag(v) -> M_2 ...`` (LoRA, VeRA), else None."""
-    if len(net.in_subscripts) != 1 or len(net.out_subscripts) != 1:
+    return _chain_of(net.subscripts, net.in_subscripts, net.out_subscripts)
+
+
+@functools.lru_cache(maxsize=256)
+def _chain_of(subs: tuple[str, ...], in_sub: str, out_sub: str) -> tuple[_Step, ...] | None:
+    """:func:`_chain` from the subscripts alone (fixed per adapter, so cached)."""
+    if len(in_sub) != 1 or len(out_sub) != 1:
         return None
-    subs = net.subscripts
     if any(len(sub) not in (1, 2) or (len(sub) == 2 and sub[0] == sub[1]) for sub in subs):
         return None
     vectors: dict[str, list[int]] = {}
@@ -278,8 +284,8 @@ def _chain(net: Network) -> list[_Step] | None:
         if len(sub) == 1:
             vectors.setdefault(sub, []).append(i)
     matrices = [i for i, sub in enumerate(subs) if len(sub) == 2]
-    current, used, steps = net.in_subscripts, set(), list[_Step]()
-    while current != net.out_subscripts or not steps:
+    current, used, steps = in_sub, set(), list[_Step]()
+    while current != out_sub or not steps:
         nxt = [i for i in matrices if i not in used and current in subs[i]]
         if len(nxt) != 1:
             return None
@@ -288,13 +294,13 @@ def _chain(net: Network) -> list[_Step] | None:
         stored_next_first = subs[i][1] == current
         current = subs[i][0] if stored_next_first else subs[i][1]
         steps.append((i, stored_next_first, vectors.pop(current, [])))
-    leading = vectors.pop(net.in_subscripts, None)
+    leading = vectors.pop(in_sub, None)
     if vectors or leading or len(used) != len(matrices):
         return None
-    return steps
+    return tuple(steps)  # immutable: the cache shares it
 
 
-def _push_chain(chain: list[_Step], ops: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _push_chain(chain: tuple[_Step, ...], ops: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``F.linear`` through the chain, as HF PEFT's LoRA/VeRA layers compute.
 
     A frozen vector is folded into its matrix (a pass over ``r x in`` numbers instead of
