@@ -43,18 +43,33 @@ class Timing:
 
 
 def alternate(
-    variants: dict[str, Callable[[], object]], reference: str, reps: int, warmup: int = 1
+    variants: dict[str, Callable[[], object]],
+    reference: str,
+    reps: int,
+    warmup: int = 1,
+    device: str = "cpu",
+    inner: int = 1,
 ) -> dict[str, Timing]:
-    """Run every variant ``reps`` times, alternating, after ``warmup`` untimed runs each."""
+    """Run every variant ``reps`` times, alternating, after ``warmup`` untimed runs each.
+
+    On a GPU (``device="cuda"``) each sample is ``inner`` back-to-back calls between two
+    synchronizations, divided by ``inner`` (one step of a small layer is shorter than the
+    launch latency the synchronization adds).
+    """
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for fn in variants.values():
         for _ in range(warmup):
             fn()
+    sync()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, fn in variants.items():
+            sync()
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(inner):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / inner)
     ref = times[reference]
     return {
         name: Timing(name, ts, [t / r for t, r in zip(ts, ref, strict=True)])
@@ -62,8 +77,8 @@ def alternate(
     }
 
 
-def machine() -> str:
-    """One line describing the CPU, cores, threads and library versions."""
+def machine(device: str = "cpu") -> str:
+    """One line describing the CPU (and GPU), cores, threads and library versions."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -72,10 +87,18 @@ def machine() -> str:
             cpu = found.group(1).strip()
     except OSError:  # pragma: no cover - not Linux
         pass
-    return (
+    text = (
         f"{cpu}; {os.cpu_count()} cores, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
     )
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        text = (
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
+            f"TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}); host: "
+            + text
+        )
+    return text
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

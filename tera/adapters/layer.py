@@ -17,7 +17,7 @@ from tera.adapters.engine import Path, choose_path, delta_weight, push
 from tera.adapters.factors import SharedFactors
 from tera.errors import AdapterStateError, DTypeError, MergeError, ShapeError, TargetError
 
-__all__ = ["AdapterLinear", "is_conv1d", "linear_shape", "module_weight"]
+__all__ = ["AdapterLinear", "apply_dtype", "is_conv1d", "linear_shape", "module_weight"]
 
 EnginePath = Literal["auto", "materialize", "push"]
 
@@ -54,6 +54,45 @@ def linear_shape(module: nn.Module, name: str = "?") -> tuple[int, int]:
         f"module '{name}' is a {type(module).__name__}; adapters wrap torch.nn.Linear (or "
         "transformers' Conv1D) layers only: narrow target_modules to the Linear layers"
     )
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def apply_dtype(base_weight: torch.Tensor, adapter_dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which a layer applies its adapter's (unfused) matmul to the activations.
+
+    The adapter's own numbers (trainable tensors, shared factors, a materialized ``dW``)
+    are at least float32 whatever the base model's dtype; this only decides the precision
+    of the large product with the activations:
+
+    * float32/float64 base: ``adapter_dtype`` (float32, or float64 for a float64 model);
+    * half-precision base (bfloat16/float16) on an accelerator (CUDA, ...): the base dtype.
+      There half GEMMs run 10-15x faster than float32 ones; ``dW`` is still built in
+      float32 and rounded once, and the product accumulates in float32 inside the GEMM,
+      as the base layer's own does;
+    * half-precision base on a CPU: float32, since most CPUs emulate half GEMMs (4.5x
+      slower than float32 on an AVX2 EPYC, see docs/performance.md).
+
+    Parameters
+    ----------
+    base_weight : torch.Tensor
+        The base layer's weight (its dtype and device decide).
+    adapter_dtype : torch.dtype
+        The dtype the adapter computes in (float32 or float64).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.layer import apply_dtype
+    >>> apply_dtype(torch.zeros(2, dtype=torch.bfloat16), torch.float32)   # on a CPU
+    torch.float32
+    >>> apply_dtype(torch.zeros(2, dtype=torch.float64), torch.float64)
+    torch.float64
+    """
+    if base_weight.dtype in HALF_DTYPES and base_weight.device.type != "cpu":
+        return base_weight.dtype
+    return adapter_dtype
 
 
 class AdapterLinear(nn.Module):
@@ -175,7 +214,8 @@ class AdapterLinear(nn.Module):
                 return F.linear(x, w0 + dw.to(w0.dtype), bias)
             result: torch.Tensor = self.base_layer(x, *args, **kwargs)
             x_in = self.dropout(x)
-            return result + F.linear(x_in.to(dw.dtype), dw).to(result.dtype)
+            dtype = apply_dtype(self.base_weight(), dw.dtype)
+            return result + F.linear(x_in.to(dtype), dw.to(dtype)).to(result.dtype)
         result = self.base_layer(x, *args, **kwargs)
         x_in = self.dropout(x)
         y = push(net, x_in)  # any leading dims: no reshape, so autograd sums x's grads in place

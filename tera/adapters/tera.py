@@ -82,7 +82,8 @@ def _normalized_core(key: str, factors: list[torch.Tensor], scale: float) -> tor
     ranks = tuple(int(f.shape[0]) for f in factors)
     core = counter_uniform(key, ranks, bound=math.sqrt(3.0))
     g64 = core.double().numpy()
-    grams = [(f.double() @ f.double().T).numpy() for f in factors]
+    hosted = [f.detach().to("cpu", torch.float64) for f in factors]  # factors may be on a GPU
+    grams = [(f @ f.T).numpy() for f in hosted]
     energy = float((g64 * multi_mode_product(g64, grams)).sum())
     n_entries = math.prod(int(f.shape[1]) for f in factors)
     correction = _round_mantissa(scale * math.sqrt(n_entries / energy))
