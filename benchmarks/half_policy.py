@@ -13,7 +13,8 @@ input, forward + backward to the d's, for each policy:
   weight :meth:`~tera.adapters.layer.AdapterLinear.merge` writes) and one matmul; an entry of
   ``dW`` under half an ulp of ``W0``'s entry vanishes from the forward, but so it does from
   the merged model.
-* ``layer (shipped)``: ``AdapterLinear`` as it ships (:func:`tera.adapters.layer.apply_dtype`).
+* ``fused half, dW tf32`` (CUDA only): both.
+* ``layer (shipped)``: ``AdapterLinear`` as it ships (:func:`tera.adapters.layer.execution_policy`).
 
 Error columns, against a float64 evaluation of the same layer on the same input:
 ``out err`` is ``||y - y64|| / ||x dW^T||`` (relative to the adapter's contribution, not to
@@ -31,9 +32,8 @@ Run: ``.venv/bin/python benchmarks/half_policy.py [--device cuda] [--dtype bfloa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,20 +47,10 @@ from tera.adapters import TeRAConfig, adapt
 from tera.adapters.engine import delta_weight
 from tera.adapters.layer import AdapterLinear
 from tera.tn import suggest_modes
+from tera.tn.kernels import cuda_tf32
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 Forward = Callable[[AdapterLinear, torch.Tensor], torch.Tensor]
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool) -> Iterator[None]:
-    """TF32 tensor cores for float32 CUDA matmuls inside the block."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _unfused(build: torch.dtype, apply: torch.dtype) -> Forward:
@@ -95,6 +85,8 @@ def policies(dtype: torch.dtype, device: str) -> dict[str, tuple[Forward, bool]]
         table[f"dW tf32, apply {half}"] = (_unfused(torch.float32, dtype), True)
     table[f"dW {half}, apply {half}"] = (_unfused(dtype, dtype), False)
     table[f"fused {half}"] = (_fused, False)
+    if device.startswith("cuda"):
+        table[f"fused {half}, dW tf32"] = (_fused, True)
     table["layer (shipped)"] = (_shipped, False)
     return table
 
@@ -147,7 +139,7 @@ def errors(
 ) -> tuple[float, float]:
     """``(out err, grad err)`` of one policy (see the module docstring)."""
     params = list(layer.adapter.parameters())
-    with tf32(use_tf32):
+    with cuda_tf32(use_tf32):
         y = forward(layer, x)
         grads = torch.autograd.grad(y, params, gy)
     g = torch.cat([t.flatten() for t in grads]).double()
@@ -195,7 +187,7 @@ def run(
             x.grad = None
             for p in params:
                 p.grad = None
-            with tf32(use_tf32):
+            with cuda_tf32(use_tf32):
                 forward(layer, x).backward(gy)
 
         return go

@@ -21,7 +21,7 @@ import torch
 
 from tera.adapters import AdaptedModel, adapt
 from tera.adapters.io import load_adapter
-from tera.adapters.layer import AdapterLinear, apply_dtype
+from tera.adapters.layer import AdapterLinear, execution_policy
 from tera.tn import tucker_to_matrix
 from tera.tn.kernels import scaled_tucker_matrix
 from tests.adapters.common import KINDS, inputs, llama, make_config, randomize_adapter
@@ -120,8 +120,9 @@ def test_bf16_base_on_device_trains_float32_adapter_close_to_float64(kind):
     layer = next(iter(model.adapter_layers.values()))
     assert layer.base_weight().dtype == torch.bfloat16
     assert {p.dtype for _, p in model.adapter_parameters()} == {torch.float32}
-    expected_apply = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
-    assert apply_dtype(layer.base_weight(), torch.float32) == expected_apply
+    policy = execution_policy(layer.base_weight())
+    assert policy.apply_dtype == (torch.float32 if DEVICE.type == "cpu" else torch.bfloat16)
+    assert policy.fuse == (DEVICE.type != "cpu") and policy.tf32_build == (DEVICE.type == "cuda")
     logits, grads = _step(model)
     assert logits.dtype == torch.bfloat16
     ref_logits, ref_grads = _step(ref)

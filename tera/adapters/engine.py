@@ -321,8 +321,15 @@ def _push_chain(chain: tuple[_Step, ...], ops: list[torch.Tensor], x: torch.Tens
     return h
 
 
-def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -> dict[Path, int]:
-    """Estimated extra FLOPs of each path over the frozen base layer's matmuls.
+def path_costs(
+    net: Network,
+    tokens: int,
+    fused: bool,
+    backward: bool = False,
+    build_rate: float = 1.0,
+    push_rate: float = 1.0,
+) -> dict[Path, float]:
+    """Estimated extra cost of each path over the frozen base layer's matmuls, in FLOPs.
 
     ``fused`` means the materialized ``dW`` is added to the base weight and one matmul
     serves both (no second ``2 * tokens * in * out`` product). ``backward`` adds the cost
@@ -330,6 +337,11 @@ def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -
     of ``dW`` (``2 * tokens * in * out``), the backward of its construction and, unfused,
     a second input-gradient product; pushing pays about its forward again (the input
     gradient), twice when matrices train (LoRA's weight gradients).
+
+    ``build_rate`` and ``push_rate`` weigh the FLOPs of building ``dW`` and of the push
+    path against those of the matmuls with the activations, when they run at other speeds:
+    on a GPU with a bfloat16 base, ``dW`` is built in TF32 (half the speed of bf16 tensor
+    cores) and the push runs in float32 (~14x slower per FLOP on an H100).
 
     Examples
     --------
@@ -348,20 +360,30 @@ def path_costs(net: Network, tokens: int, fused: bool, backward: bool = False) -
     else:
         make = _dw_plan(net).flops
         make_backward = 2 * make
-    materialize = make + (size if fused else 2 * tokens * size)
+    materialize = build_rate * make + (size if fused else 2 * tokens * size)
     push_flops = _push_plan(net, tokens).flops
     if backward:
-        materialize += make_backward + 2 * tokens * size + (0 if fused else 2 * tokens * size)
+        materialize += build_rate * make_backward + 2 * tokens * size
+        materialize += 0 if fused else 2 * tokens * size
         # the input gradient retraces the forward; trainable matrices (LoRA) add as much
         # again for their weight gradients, trainable vectors only cheap reductions
         trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
         push_flops *= 3 if trains_matrix else 2
-    return {"materialize": materialize, "push": push_flops}
+    return {"materialize": materialize, "push": push_rate * push_flops}
 
 
 @_not_compiled
-def choose_path(net: Network, tokens: int, fused: bool, backward: bool = False) -> Path:
+def choose_path(
+    net: Network,
+    tokens: int,
+    fused: bool,
+    backward: bool = False,
+    build_rate: float = 1.0,
+    push_rate: float = 1.0,
+) -> Path:
     """The cheaper evaluation for ``tokens`` rows of input (ties go to materializing).
+
+    The arguments after ``tokens`` are those of :func:`path_costs`.
 
     Examples
     --------
@@ -372,5 +394,5 @@ def choose_path(net: Network, tokens: int, fused: bool, backward: bool = False) 
     >>> choose_path(net, tokens=4, fused=False), choose_path(net, tokens=4096, fused=True)
     ('push', 'materialize')
     """
-    costs = path_costs(net, max(tokens, 1), fused, backward)
+    costs = path_costs(net, max(tokens, 1), fused, backward, build_rate, push_rate)
     return "materialize" if costs["materialize"] <= costs["push"] else "push"

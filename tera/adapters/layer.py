@@ -6,6 +6,7 @@ Supports ``torch.nn.Linear`` (weight ``out x in``) and Hugging Face's GPT-2 styl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -16,8 +17,16 @@ from tera.adapters.base import Adapter
 from tera.adapters.engine import Path, choose_path, delta_weight, push
 from tera.adapters.factors import SharedFactors
 from tera.errors import AdapterStateError, DTypeError, MergeError, ShapeError, TargetError
+from tera.tn.kernels import cuda_tf32
 
-__all__ = ["AdapterLinear", "apply_dtype", "is_conv1d", "linear_shape", "module_weight"]
+__all__ = [
+    "AdapterLinear",
+    "ExecutionPolicy",
+    "execution_policy",
+    "is_conv1d",
+    "linear_shape",
+    "module_weight",
+]
 
 EnginePath = Literal["auto", "materialize", "push"]
 
@@ -57,42 +66,75 @@ def linear_shape(module: nn.Module, name: str = "?") -> tuple[int, int]:
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+FLOAT32_COST = 14.0
+"""Cost of a float32 FLOP in units of a half-precision one on a GPU: an H100 ran a bf16
+``Linear(4096, 4096)`` training step 14.4x faster than the float32 one (docs/performance.md)."""
+TF32_COST = 2.0
+"""Cost of a TF32 FLOP in half-precision ones (the tensor cores' spec: half the rate)."""
 
 
-def apply_dtype(base_weight: torch.Tensor, adapter_dtype: torch.dtype) -> torch.dtype:
-    """The dtype in which a layer applies its adapter's (unfused) matmul to the activations.
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    """How an adapted layer evaluates its adapter, decided by its base weight.
 
-    The adapter's own numbers (trainable tensors, shared factors, a materialized ``dW``)
-    are at least float32 whatever the base model's dtype; this only decides the precision
-    of the large product with the activations:
-
-    * float32/float64 base: ``adapter_dtype`` (float32, or float64 for a float64 model);
-    * half-precision base (bfloat16/float16) on an accelerator (CUDA, ...): the base dtype.
-      There half GEMMs run 10-15x faster than float32 ones; ``dW`` is still built in
-      float32 and rounded once, and the product accumulates in float32 inside the GEMM,
-      as the base layer's own does;
-    * half-precision base on a CPU: float32, since most CPUs emulate half GEMMs (4.5x
-      slower than float32 on an AVX2 EPYC, see docs/performance.md).
-
-    Parameters
+    Attributes
     ----------
-    base_weight : torch.Tensor
-        The base layer's weight (its dtype and device decide).
-    adapter_dtype : torch.dtype
-        The dtype the adapter computes in (float32 or float64).
+    fuse : bool
+        Whether a materialized ``dW`` may be added to ``W0`` for one matmul (the sum is
+        formed in float32 and rounded once: exactly the weight :meth:`AdapterLinear.merge`
+        writes). Also needs a plain linear layer and no active dropout.
+    apply_dtype : torch.dtype or None
+        The dtype of an unfused adapter matmul with the activations (``None``: the
+        adapter's own, float32 or float64).
+    tf32_build : bool
+        Build ``dW`` with TF32 tensor cores (float32 range, 10-bit mantissa; the result is
+        rounded to the base's 8- or 10-bit half precision anyway).
+    build_rate, push_rate : float
+        Cost of one FLOP of building ``dW`` and of the push path, in units of the base
+        layer's matmul FLOPs (see :func:`~tera.adapters.engine.path_costs`).
+    """
+
+    fuse: bool
+    apply_dtype: torch.dtype | None
+    tf32_build: bool = False
+    build_rate: float = 1.0
+    push_rate: float = 1.0
+
+
+def execution_policy(base_weight: torch.Tensor) -> ExecutionPolicy:
+    """The :class:`ExecutionPolicy` for a base weight's dtype and device.
+
+    The adapter's own numbers (trainable tensors, shared factors, ``dW``) stay at least
+    float32 whatever the base's dtype. Then:
+
+    * float32/float64 base: fused, everything in the adapter's dtype;
+    * half-precision base (bfloat16/float16) on a CPU: unfused, the adapter's matmul in
+      float32 (most CPUs emulate half GEMMs: 4.5x slower than float32 on an AVX2 EPYC);
+    * half-precision base on an accelerator: fused in the base dtype (one half GEMM, 10-15x
+      faster than float32 there), ``dW`` built in TF32 on CUDA; the push path still runs in
+      float32 and is priced so (:data:`FLOAT32_COST`).
 
     Examples
     --------
     >>> import torch
-    >>> from tera.adapters.layer import apply_dtype
-    >>> apply_dtype(torch.zeros(2, dtype=torch.bfloat16), torch.float32)   # on a CPU
-    torch.float32
-    >>> apply_dtype(torch.zeros(2, dtype=torch.float64), torch.float64)
-    torch.float64
+    >>> from tera.adapters.layer import execution_policy
+    >>> policy = execution_policy(torch.zeros(2, dtype=torch.bfloat16))   # on a CPU
+    >>> policy.fuse, policy.apply_dtype
+    (False, torch.float32)
     """
-    if base_weight.dtype in HALF_DTYPES and base_weight.device.type != "cpu":
-        return base_weight.dtype
-    return adapter_dtype
+    dtype = base_weight.dtype
+    if dtype not in HALF_DTYPES:
+        return ExecutionPolicy(fuse=True, apply_dtype=None)
+    if base_weight.device.type == "cpu":
+        return ExecutionPolicy(fuse=False, apply_dtype=torch.float32)
+    tf32 = base_weight.device.type == "cuda"
+    return ExecutionPolicy(
+        fuse=True,
+        apply_dtype=dtype,
+        tf32_build=tf32,
+        build_rate=TF32_COST if tf32 else FLOAT32_COST,
+        push_rate=FLOAT32_COST,
+    )
 
 
 class AdapterLinear(nn.Module):
@@ -182,11 +224,10 @@ class AdapterLinear(nn.Module):
         return int(torch.linalg.matrix_rank(self.delta_weight(torch.float64)))
 
     # -- forward ---------------------------------------------------------------------------
-    def _can_fuse(self) -> bool:
+    def _can_fuse(self, policy: ExecutionPolicy) -> bool:
         fusable_layer = type(self.base_layer) is nn.Linear or is_conv1d(self.base_layer)
         no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
-        high_precision = module_weight(self.base_layer).dtype in (torch.float32, torch.float64)
-        return fusable_layer and no_dropout and high_precision
+        return fusable_layer and no_dropout and policy.fuse
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Base output plus the adapter's, evaluated on the cheaper engine path."""
@@ -198,23 +239,34 @@ class AdapterLinear(nn.Module):
                 f"input of shape {tuple(x.shape)} does not fit this layer: its last dimension "
                 f"must be in_features={self.in_features}"
             )
-        net = self.adapter.network(self.base_weight())
+        w0 = self.base_weight()
+        net = self.adapter.network(w0)
         tokens = x.numel() // self.in_features if self.in_features else 0
-        fused = self._can_fuse()
+        policy = execution_policy(w0)
+        fused = self._can_fuse(policy)
         backward = torch.is_grad_enabled() and any(
             p.requires_grad for p in self.adapter.parameters()
         )
-        path: Path = choose_path(net, tokens, fused, backward) if self.path == "auto" else self.path
+        path: Path = (
+            choose_path(net, tokens, fused, backward, policy.build_rate, policy.push_rate)
+            if self.path == "auto"
+            else self.path
+        )
         self.last_path = path
         if path == "materialize":
-            dw = delta_weight(net)
+            if policy.tf32_build:
+                with cuda_tf32(True):
+                    dw = delta_weight(net)
+            else:
+                dw = delta_weight(net)
             if fused:
-                w0 = self.base_weight()
                 bias = getattr(self.base_layer, "bias", None)
-                return F.linear(x, w0 + dw.to(w0.dtype), bias)
+                # summed in dW's dtype and rounded once: the weight merge() would write
+                weight = dw + w0 if w0.dtype == dw.dtype else (dw + w0).to(w0.dtype)
+                return F.linear(x, weight, bias)
             result: torch.Tensor = self.base_layer(x, *args, **kwargs)
             x_in = self.dropout(x)
-            dtype = apply_dtype(self.base_weight(), dw.dtype)
+            dtype = policy.apply_dtype or dw.dtype
             return result + F.linear(x_in.to(dtype), dw.to(dtype)).to(result.dtype)
         result = self.base_layer(x, *args, **kwargs)
         x_in = self.dropout(x)

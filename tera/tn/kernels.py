@@ -26,8 +26,9 @@ FLOPs for modes ``I`` and ranks ``R``: forward and backward each cost
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -37,7 +38,7 @@ from tera.errors import ShapeError
 from tera.tn._backend import Array, check_same_backend, is_floating
 from tera.tn.products import check_matrices
 
-__all__ = ["merge_small_modes", "scaled_tucker_flops", "scaled_tucker_matrix"]
+__all__ = ["cuda_tf32", "merge_small_modes", "scaled_tucker_flops", "scaled_tucker_matrix"]
 
 MERGE_LIMIT = 64
 """Runs of consecutive modes are merged while the product of their sizes stays <= this."""
@@ -70,6 +71,34 @@ def merge_small_modes(sizes: Sequence[int], limit: int = MERGE_LIMIT) -> list[li
             groups.insert(0, [n])
             size = s
     return groups
+
+
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool) -> Iterator[None]:
+    """Allow (or forbid) TF32 tensor cores for float32 CUDA matmuls inside the block.
+
+    Sets ``torch.backends.cuda.matmul.allow_tf32`` (a process-wide flag) and restores it on
+    exit. TF32 keeps float32's range with a 10-bit mantissa, enough for a ``dW`` that is
+    rounded to bfloat16 (8 bits) or float16 (10 bits) before use; the backward of
+    :func:`scaled_tucker_matrix` runs with the setting that was in force at its forward.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.tn.kernels import cuda_tf32
+    >>> before = torch.backends.cuda.matmul.allow_tf32
+    >>> with cuda_tf32(True):
+    ...     torch.backends.cuda.matmul.allow_tf32
+    True
+    >>> torch.backends.cuda.matmul.allow_tf32 == before
+    True
+    """
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -151,12 +180,20 @@ class _ScaledTucker(torch.autograd.Function):
         vectors, factors = tensors[:n], tensors[n:]
         ctx.save_for_backward(core, *tensors)
         ctx.k, ctx.transpose = k, transpose
+        ctx.allow_tf32 = torch.backends.cuda.matmul.allow_tf32  # the backward uses the same
         rows = math.prod(int(a.shape[1]) for a in factors[:k])
         m = _materialize(core, vectors, factors).reshape(rows, -1)
         return m.T if transpose else m
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.allow_tf32 == torch.backends.cuda.matmul.allow_tf32:
+            return _ScaledTucker._backward(ctx, grad)
+        with cuda_tf32(ctx.allow_tf32):
+            return _ScaledTucker._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         core, *tensors = ctx.saved_tensors
         n = core.ndim
         vectors, factors = tensors[:n], tensors[n:]

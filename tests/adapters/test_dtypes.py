@@ -99,3 +99,34 @@ def test_torch_compile_runs_and_matches_eager():
     for name, p in model.adapter_parameters():
         torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-6, atol=1e-7)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_accelerator_policy_trains_on_exactly_the_weight_merge_writes(kind, monkeypatch):
+    """On a GPU a half base adds dW to W0 in float32, rounds once and runs one half matmul.
+
+    CI has no GPU, so the accelerator's policy is forced here on the CPU (TF32 only changes
+    CUDA matmuls); tests/test_devices.py runs it for real under TERA_TEST_DEVICE=cuda.
+    """
+    from tera.adapters import layer as layer_module
+
+    accelerator = layer_module.ExecutionPolicy(
+        fuse=True, apply_dtype=torch.bfloat16, tf32_build=True, build_rate=2.0, push_rate=14.0
+    )
+    monkeypatch.setattr(layer_module, "execution_policy", lambda w: accelerator)
+    model = adapt(llama().to(torch.bfloat16), make_config(kind, "llama"))
+    randomize_adapter(model)
+    for layer in model.adapter_layers.values():
+        layer.path = "materialize"
+    batch = inputs("llama")
+    trained = run(model, "llama", batch)
+    model.merge()
+    assert torch.equal(run(model, "llama", batch), trained)  # what you train is what you merge
+    model.unmerge()
+    out = model(**batch, labels=batch["input_ids"])
+    out.loss.backward()
+    grads = [p.grad for _, p in model.adapter_parameters()]
+    assert all(
+        g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads
+    )
+    assert any(float(g.abs().max()) > 0 for g in grads)

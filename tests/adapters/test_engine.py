@@ -120,3 +120,20 @@ def test_chains_are_pushed_with_linear_layers_and_agree_with_the_planned_einsum(
     x = torch.randn(32, 256, dtype=torch.float64)
     planned = engine._push_plan(net, 32)(x.reshape(32, *net.in_shape), *engine._operands(net))
     torch.testing.assert_close(engine.push(net, x), planned.reshape(32, -1))
+
+
+def test_rates_weigh_the_push_path_against_materializing():
+    """A float32 push on a GPU with a bf16 base costs ~14x per FLOP: it must then lose."""
+    model = adapt(
+        nn.Sequential(nn.Linear(256, 256)),
+        TeRAConfig(in_mode=256, out_mode=4, target_modules=["0"]),
+    )
+    layer = model.adapter_layers["0"]
+    net = layer.adapter.network(layer.base_weight())
+    tokens = 64  # few tokens: pushing is the cheaper by FLOPs
+    plain = path_costs(net, tokens, fused=True, backward=True)
+    assert choose_path(net, tokens, fused=True, backward=True) == "push"
+    weighed = path_costs(net, tokens, fused=True, backward=True, build_rate=2.0, push_rate=14.0)
+    assert weighed["push"] == 14.0 * plain["push"]
+    assert weighed["materialize"] > plain["materialize"]  # the build counted at twice the cost
+    assert choose_path(net, tokens, True, True, build_rate=2.0, push_rate=14.0) == "materialize"

@@ -194,3 +194,25 @@ def test_bad_shapes_raise_shape_error(args, match):
         scaled_tucker_matrix(
             torch.zeros(core), [torch.zeros(v) for v in vecs], [torch.zeros(f) for f in facs], k
         )
+
+
+def test_backward_runs_with_the_tf32_setting_of_its_forward(monkeypatch):
+    from tera.tn import kernels
+
+    seen = []
+    real = kernels._apply_modes
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "_apply_modes", spy)
+    before = torch.backends.cuda.matmul.allow_tf32
+    core, factors = torch.randn(3, 2, 2), [torch.randn(3, 3), torch.randn(2, 2), torch.randn(2, 2)]
+    d = [torch.rand(r, requires_grad=True) for r in (3, 2, 2)]
+    with kernels.cuda_tf32(not before):
+        m = scaled_tucker_matrix(core, d, factors, k=1)
+    assert torch.backends.cuda.matmul.allow_tf32 == before  # restored after the block
+    m.sum().backward()
+    assert seen == [not before, not before]  # forward and backward alike
+    assert torch.backends.cuda.matmul.allow_tf32 == before
