@@ -31,7 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from tera.tn import ContractionPlan, plan
-from tera.tn.kernels import scaled_tucker_flops, scaled_tucker_matrix
+from tera.tn.kernels import (
+    scaled_tucker_flops,
+    scaled_tucker_matrix,
+    scaled_tucker_push,
+    scaled_tucker_push_flops,
+)
 
 __all__ = [
     "DeltaKernel",
@@ -58,7 +63,7 @@ def _not_compiled(fn: _F) -> _F:
 
 
 class DeltaKernel(Protocol):
-    """A hand-tuned evaluator of one network's ``dW`` (``out x in``) from its operands."""
+    """Hand-tuned evaluators of one network: its ``dW`` (``out x in``) and its push."""
 
     def __call__(self, operands: list[torch.Tensor]) -> torch.Tensor:
         """``dW`` (``out x in``, unscaled) from the network's operands."""
@@ -66,6 +71,14 @@ class DeltaKernel(Protocol):
 
     def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
         """FLOPs of the forward (or of the backward) evaluation."""
+        ...
+
+    def push(self, operands: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``, without forming ``dW``."""
+        ...
+
+    def push_flops(self, shapes: tuple[tuple[int, ...], ...], tokens: int, backward: bool) -> int:
+        """FLOPs of :meth:`push` on ``tokens`` rows (forward, or its backward)."""
         ...
 
 
@@ -100,6 +113,18 @@ class TuckerKernel:
         ranks = [f[0] for f in factors]
         modes = [f[1] for f in factors]
         return scaled_tucker_flops(ranks, modes, backward=backward)
+
+    def push(self, operands: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``x @ dW.T`` by :func:`tera.tn.kernels.scaled_tucker_push`."""
+        core, vectors, factors = operands[0], operands[1::2], operands[2::2]
+        return scaled_tucker_push(x, core, vectors, factors, self.k)
+
+    def push_flops(self, shapes: tuple[tuple[int, ...], ...], tokens: int, backward: bool) -> int:
+        """FLOPs from :func:`tera.tn.kernels.scaled_tucker_push_flops`."""
+        factors = shapes[2::2]
+        ranks = [f[0] for f in factors]
+        modes = [f[1] for f in factors]
+        return scaled_tucker_push_flops(ranks, modes, self.k, tokens, backward=backward)
 
 
 @dataclass(frozen=True)
@@ -252,6 +277,8 @@ def push(net: Network, x: torch.Tensor) -> torch.Tensor:
     ops = _operands(net)
     if x.dtype != ops[0].dtype:
         x = x.to(ops[0].dtype)
+    if net.kernel is not None:
+        return net.kernel.push(ops, x)
     chain = _chain(net)
     if chain is not None:
         return _push_chain(chain, ops, x)
@@ -361,14 +388,19 @@ def path_costs(
         make = _dw_plan(net).flops
         make_backward = 2 * make
     materialize = build_rate * make + (size if fused else 2 * tokens * size)
-    push_flops = _push_plan(net, tokens).flops
     if backward:
         materialize += build_rate * make_backward + 2 * tokens * size
         materialize += 0 if fused else 2 * tokens * size
-        # the input gradient retraces the forward; trainable matrices (LoRA) add as much
-        # again for their weight gradients, trainable vectors only cheap reductions
-        trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
-        push_flops *= 3 if trains_matrix else 2
+    if net.kernel is not None:
+        push_flops = net.kernel.push_flops(shapes, tokens, False)
+        push_flops += net.kernel.push_flops(shapes, tokens, True) if backward else 0
+    else:
+        push_flops = _push_plan(net, tokens).flops
+        if backward:
+            # the input gradient retraces the forward; trainable matrices (LoRA) add as much
+            # again for their weight gradients, trainable vectors only cheap reductions
+            trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
+            push_flops *= 3 if trains_matrix else 2
     return {"materialize": materialize, "push": push_rate * push_flops}
 
 
@@ -394,5 +426,30 @@ def choose_path(
     >>> choose_path(net, tokens=4, fused=False), choose_path(net, tokens=4096, fused=True)
     ('push', 'materialize')
     """
-    costs = path_costs(net, max(tokens, 1), fused, backward, build_rate, push_rate)
-    return "materialize" if costs["materialize"] <= costs["push"] else "push"
+    key = (_structure(net), tokens, fused, backward, build_rate, push_rate)
+    path = _DECISIONS.get(key)
+    if path is None:
+        costs = path_costs(net, max(tokens, 1), fused, backward, build_rate, push_rate)
+        path = "materialize" if costs["materialize"] <= costs["push"] else "push"
+        if len(_DECISIONS) >= _DECISIONS_MAX:
+            _DECISIONS.clear()
+        _DECISIONS[key] = path
+    return path
+
+
+_DECISIONS: dict[tuple[object, ...], Path] = {}
+_DECISIONS_MAX = 4096
+"""Decisions of :func:`choose_path` by network structure and arguments: planning costs
+tens of microseconds per call, which a small layer (or a GPU, waiting on Python) feels."""
+
+
+def _structure(net: Network) -> tuple[object, ...]:
+    """Everything :func:`path_costs` reads from a network: its shapes, not its values."""
+    return (
+        net.subscripts,
+        net.in_subscripts,
+        net.out_subscripts,
+        net.shapes(),
+        net.kernel,
+        tuple(op.requires_grad and op.ndim >= 2 for op in net.operands),
+    )

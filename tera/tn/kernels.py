@@ -38,7 +38,14 @@ from tera.errors import ShapeError
 from tera.tn._backend import Array, check_same_backend, is_floating
 from tera.tn.products import check_matrices
 
-__all__ = ["cuda_tf32", "merge_small_modes", "scaled_tucker_flops", "scaled_tucker_matrix"]
+__all__ = [
+    "cuda_tf32",
+    "merge_small_modes",
+    "scaled_tucker_flops",
+    "scaled_tucker_matrix",
+    "scaled_tucker_push",
+    "scaled_tucker_push_flops",
+]
 
 MERGE_LIMIT = 64
 """Runs of consecutive modes are merged while the product of their sizes stays <= this."""
@@ -110,16 +117,21 @@ def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _apply_modes(
-    t: torch.Tensor, dims: list[int], mats: Sequence[torch.Tensor], groups: list[list[int]]
+    t: torch.Tensor,
+    dims: list[int],
+    mats: Sequence[torch.Tensor],
+    groups: list[list[int]],
+    lead: int = 1,
 ) -> torch.Tensor:
-    """Contract each group of modes of ``t`` (shape ``dims``) with its Kronecker product.
+    """Contract each group of modes of ``t`` (shape ``(lead, *dims)``) with its Kronecker product.
 
-    ``mats[n]`` maps size ``dims[n]`` to ``mats[n].shape[1]``.
+    ``mats[n]`` maps size ``dims[n]`` to ``mats[n].shape[1]``; ``lead`` rows (tokens) are
+    carried along untouched.
     """
     sizes = [math.prod(dims[n] for n in g) for g in groups]
     for j, g in enumerate(groups):
         m = _kron([mats[n] for n in g]) if len(g) > 1 else mats[g[0]]
-        p, r, q = math.prod(sizes[:j]), sizes[j], math.prod(sizes[j + 1 :])
+        p, r, q = lead * math.prod(sizes[:j]), sizes[j], math.prod(sizes[j + 1 :])
         if q == 1:
             t = t.reshape(p, r) @ m
         elif p == 1:
@@ -312,6 +324,94 @@ def scaled_tucker_matrix(
     else:
         m = cast(torch.Tensor, _ScaledTucker.apply(core, k, transpose, *vecs, *facs))  # type: ignore[no-untyped-call]
     return cast(Array, m * scale if scale != 1.0 else m)
+
+
+def scaled_tucker_push(
+    x: torch.Tensor,
+    core: torch.Tensor,
+    vectors: Sequence[torch.Tensor],
+    factors: Sequence[torch.Tensor],
+    k: int,
+) -> torch.Tensor:
+    r"""``x @ M`` for the matrix ``M`` of :func:`scaled_tucker_matrix`, without forming ``M``.
+
+    ``x`` has shape ``(..., prod(I[:k]))``; the result ``(..., prod(I[k:]))``. The rows of
+    ``x`` go through the input modes' factors (``B_n = diag(d_n) A_n``, small modes merged
+    as in :func:`scaled_tucker_matrix`), the core as one ``prod(R[:k]) x prod(R[k:])`` GEMM,
+    and the output modes' factors: a handful of GEMMs whose cost grows with the number of
+    rows, never with ``prod(I)``. Cheaper than materializing ``M`` for few rows
+    (generation, small batches); autograd keeps intermediates of ``rows x prod(R)`` size.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.tn.kernels import scaled_tucker_matrix, scaled_tucker_push
+    >>> f64 = {"dtype": torch.float64}
+    >>> G = torch.randn(4, 2, 3, **f64)
+    >>> A = [torch.randn(4, 4, **f64), torch.randn(2, 2, **f64), torch.randn(3, 3, **f64)]
+    >>> d = [torch.rand(4, **f64), torch.rand(2, **f64), torch.rand(3, **f64)]
+    >>> x = torch.randn(5, 4, **f64)
+    >>> y = scaled_tucker_push(x, G, d, A, k=1)
+    >>> y.shape, bool(torch.allclose(y, x @ scaled_tucker_matrix(G, d, A, k=1)))
+    (torch.Size([5, 6]), True)
+    """
+    _check(core, vectors, factors, k)
+    scaled = [v[:, None] * a for v, a in zip(vectors, factors, strict=True)]
+    ranks = [int(a.shape[0]) for a in factors]
+    modes = [int(a.shape[1]) for a in factors]
+    n_in = math.prod(modes[:k])
+    if x.shape[-1:] != (n_in,):
+        raise ShapeError(
+            f"x of shape {tuple(x.shape)} does not fit: its last dimension must be "
+            f"prod(I[:k]) = {n_in}"
+        )
+    lead = tuple(x.shape[:-1])
+    rows = math.prod(lead)
+    h = _apply_modes(
+        x.reshape(rows, n_in),
+        modes[:k],
+        [b.T for b in scaled[:k]],
+        merge_small_modes(modes[:k]),
+        lead=rows,
+    )
+    h = h.reshape(rows, -1) @ core.reshape(math.prod(ranks[:k]), -1)
+    h = _apply_modes(h, ranks[k:], scaled[k:], merge_small_modes(modes[k:]), lead=rows)
+    return h.reshape(*lead, math.prod(modes[k:]))
+
+
+def scaled_tucker_push_flops(
+    ranks: Sequence[int], modes: Sequence[int], k: int, rows: int, backward: bool = False
+) -> int:
+    """FLOPs of :func:`scaled_tucker_push` on ``rows`` rows (forward, or its backward).
+
+    The backward pays the input gradient (as much as the forward) and, for the ``d``
+    gradients, the factors' weight gradients (as much as the factor products again).
+
+    Examples
+    --------
+    >>> from tera.tn.kernels import scaled_tucker_push_flops
+    >>> scaled_tucker_push_flops((8, 4), (8, 4), k=1, rows=10) == 2 * 10 * (8 * 8 + 8 * 4 + 4 * 4)
+    True
+    """
+
+    def side(dims: list[int], outs: list[int], groups: list[list[int]]) -> int:
+        flops, sizes = 0, list(dims)
+        for g in groups:
+            a = math.prod(sizes[n] for n in g)
+            b = math.prod(outs[n] for n in g)
+            flops += 2 * rows * math.prod(sizes) // a * a * b
+            for n in g:
+                sizes[n] = outs[n]
+        return flops
+
+    ins, outs = list(modes[:k]), list(modes[k:])
+    factor_flops = side(ins, list(ranks[:k]), merge_small_modes(ins)) + side(
+        list(ranks[k:]), outs, merge_small_modes(outs)
+    )
+    core_flops = 2 * rows * math.prod(ranks)
+    if backward:
+        return 2 * factor_flops + core_flops
+    return factor_flops + core_flops
 
 
 def scaled_tucker_flops(ranks: Sequence[int], modes: Sequence[int], backward: bool = False) -> int:

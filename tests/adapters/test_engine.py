@@ -137,3 +137,21 @@ def test_rates_weigh_the_push_path_against_materializing():
     assert weighed["push"] == 14.0 * plain["push"]
     assert weighed["materialize"] > plain["materialize"]  # the build counted at twice the cost
     assert choose_path(net, tokens, True, True, build_rate=2.0, push_rate=14.0) == "materialize"
+
+
+def test_tera_pushes_through_its_kernel_and_prices_it():
+    from tera.tn.kernels import scaled_tucker_push_flops
+
+    model = adapt(
+        nn.Sequential(nn.Linear(64, 64)), TeRAConfig(in_mode=64, out_mode=4, target_modules=["0"])
+    )
+    layer = model.adapter_layers["0"]
+    net = layer.adapter.network(layer.base_weight())
+    costs = path_costs(net, 10, fused=True, backward=True)
+    ranks = modes = (64, 4, 4, 4)
+    assert costs["push"] == scaled_tucker_push_flops(
+        ranks, modes, 1, 10
+    ) + scaled_tucker_push_flops(ranks, modes, 1, 10, backward=True)
+    layer.path = "push"
+    x = torch.randn(3, 10, 64)
+    torch.testing.assert_close(model(x), layer.base_layer(x) + x @ layer.delta_weight().T)

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from tera.errors import ShapeError
 from tera.tn import tucker_to_matrix
-from tera.tn.kernels import merge_small_modes, scaled_tucker_flops, scaled_tucker_matrix
+from tera.tn.kernels import (
+    merge_small_modes,
+    scaled_tucker_flops,
+    scaled_tucker_matrix,
+    scaled_tucker_push,
+    scaled_tucker_push_flops,
+)
 
 F64 = torch.float64
 
@@ -216,3 +222,48 @@ def test_backward_runs_with_the_tf32_setting_of_its_forward(monkeypatch):
     m.sum().backward()
     assert seen == [not before, not before]  # forward and backward alike
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@settings(max_examples=100, deadline=None)
+@given(networks(), st.lists(st.integers(1, 4), min_size=0, max_size=2), st.integers(0, 2**31 - 1))
+def test_push_equals_x_times_the_matrix_with_the_same_gradients(net, lead, seed):
+    core, vectors, factors, k = net
+    vectors = [v.clone().requires_grad_(True) for v in vectors]
+    gen = torch.Generator().manual_seed(seed)
+    n_in = math.prod(int(a.shape[1]) for a in factors[:k])
+    x = torch.randn(*lead, n_in, generator=gen, dtype=F64, requires_grad=True)
+    y = scaled_tucker_push(x, core, vectors, factors, k)
+    ref = x @ _reference(core, vectors, factors, k)
+    torch.testing.assert_close(y, ref)
+    weight = torch.randn(y.shape, generator=gen, dtype=F64)
+    ours = torch.autograd.grad((y * weight).sum(), [x, *vectors])
+    theirs = torch.autograd.grad((ref * weight).sum(), [x, *vectors])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "modes", "k"),
+    [((8, 4, 4), (8, 4, 4), 1), ((64, 4, 4, 4), (64, 4, 4, 4), 1), ((4, 3, 5, 2), (6, 3, 5, 4), 2)],
+)
+def test_push_flop_formula_counts_the_matmuls(ranks, modes, k):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    core = torch.randn(ranks)
+    factors = [torch.randn(r, i) for r, i in zip(ranks, modes)]
+    vectors = [torch.rand(r, requires_grad=True) for r in ranks]
+    x = torch.randn(7, math.prod(modes[:k]), requires_grad=True)
+    with FlopCounterMode(display=False) as forward:
+        y = scaled_tucker_push(x, core, vectors, factors, k)
+    assert forward.get_total_flops() == scaled_tucker_push_flops(ranks, modes, k, rows=7)
+    with FlopCounterMode(display=False) as backward:
+        y.sum().backward()
+    # input gradient through everything, weight gradients of the factors (for the d's)
+    expected = scaled_tucker_push_flops(ranks, modes, k, rows=7, backward=True)
+    assert backward.get_total_flops() == expected
+
+
+def test_push_rejects_an_input_of_the_wrong_width():
+    core, factors = torch.randn(2, 3), [torch.randn(2, 2), torch.randn(3, 3)]
+    with pytest.raises(ShapeError, match=r"last dimension must be prod\(I\[:k\]\) = 2"):
+        scaled_tucker_push(torch.randn(4, 3), core, [torch.ones(2), torch.ones(3)], factors, 1)
