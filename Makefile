@@ -48,6 +48,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/layer_step.py --reps $(BENCH_REPS) --memory --out benchmarks/results/layer_step.md
 	$(PY) benchmarks/model_step.py --reps $(BENCH_REPS) --out benchmarks/results/model_step.md
 
+# The same on a CUDA machine, with its own Python and torch (PYTHON=..., default python3; it
+# needs tera's dependencies and peft): device tests on cuda, bf16/float32 layer steps, the
+# half-precision policy study and a SmolLM2-shaped bf16 step (~4 min on one H100).
+.PHONY: bench-gpu
+bench-gpu:
+	PYTHON="$(PYTHON)" bash benchmarks/gpu.sh benchmarks/results
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage build *.egg-info compare-results
 

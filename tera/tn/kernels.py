@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -177,11 +178,37 @@ def _all_but_one(h: torch.Tensor, vectors: Sequence[torch.Tensor]) -> list[torch
     )
 
 
+_PERMUTED: dict[tuple[object, ...], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+_PERMUTED_MAX = 32
+
+
+def _permuted(core: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """``core.permute(order)``, contiguous, cached while ``core`` lives unchanged.
+
+    A frozen shared core is permuted once per shape instead of read strided twice per
+    step. The entry is checked against the tensor itself (a weak reference) and its
+    version counter, so a freed or modified core is never answered from the cache.
+    """
+    if order == sorted(order):
+        return core
+    key = (core.data_ptr(), core.device, core.dtype, tuple(core.shape), tuple(order))
+    hit = _PERMUTED.get(key)
+    if hit is not None and hit[0]() is core and hit[1] == core._version:
+        return hit[2]
+    permuted = core.permute(order).contiguous()
+    if not core.requires_grad:
+        if len(_PERMUTED) >= _PERMUTED_MAX:
+            _PERMUTED.clear()
+        _PERMUTED[key] = (weakref.ref(core), core._version, permuted)
+    return permuted
+
+
 class _ScaledTucker(torch.autograd.Function):
     """Lean autograd for ``M = unfold(G x_n diag(d_n) A_n)``: gradients for the ``d`` only.
 
-    With ``transpose`` the output is ``M.T`` (a view) and its gradient, contiguous in that
-    layout, is taken as the tensor with the column modes first: no transposing copy.
+    With ``transpose`` the output is ``M.T``, computed contiguous from the core permuted
+    with the column modes first (cached), and its gradient, contiguous in that layout, is
+    mapped back in the same order: no transposing copy and no strided pass either way.
     """
 
     @staticmethod
@@ -193,9 +220,16 @@ class _ScaledTucker(torch.autograd.Function):
         ctx.save_for_backward(core, *tensors)
         ctx.k, ctx.transpose = k, transpose
         ctx.allow_tf32 = torch.backends.cuda.matmul.allow_tf32  # the backward uses the same
+        if transpose:
+            order = list(range(k, n)) + list(range(k))
+            ctx.permuted_core = _permuted(core, order)
+            cols = math.prod(int(a.shape[1]) for a in factors[k:])
+            m = _materialize(
+                ctx.permuted_core, [vectors[i] for i in order], [factors[i] for i in order]
+            )
+            return m.reshape(cols, -1)
         rows = math.prod(int(a.shape[1]) for a in factors[:k])
-        m = _materialize(core, vectors, factors).reshape(rows, -1)
-        return m.T if transpose else m
+        return _materialize(core, vectors, factors).reshape(rows, -1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -219,7 +253,8 @@ class _ScaledTucker(torch.autograd.Function):
         back = [factors[i].T for i in order]
         grad_core = _apply_modes(grad.contiguous(), modes, back, merge_small_modes(modes))
         ranks = [int(core.shape[i]) for i in order]
-        h = grad_core.reshape(ranks).mul_(core.permute(order))
+        permuted_core = ctx.permuted_core if order != list(range(n)) else core
+        h = grad_core.reshape(ranks).mul_(permuted_core)
         permuted = _all_but_one(h, [vectors[i] for i in order])
         grads: list[torch.Tensor | None] = [None] * n
         for i, g in zip(order, permuted, strict=True):

@@ -267,3 +267,31 @@ def test_push_rejects_an_input_of_the_wrong_width():
     core, factors = torch.randn(2, 3), [torch.randn(2, 2), torch.randn(3, 3)]
     with pytest.raises(ShapeError, match=r"last dimension must be prod\(I\[:k\]\) = 2"):
         scaled_tucker_push(torch.randn(4, 3), core, [torch.ones(2), torch.ones(3)], factors, 1)
+
+
+def test_the_permuted_core_cache_follows_the_core():
+    """The transposed output reads a cached permuted core: reused, never stale."""
+    from tera.tn import kernels
+
+    kernels._PERMUTED.clear()
+    gen = torch.Generator().manual_seed(5)
+    modes, k = (4, 3, 2), 1
+    factors = [torch.randn(i, i, generator=gen, dtype=F64) for i in modes]
+    vectors = [torch.rand(i, generator=gen, dtype=F64) + 0.5 for i in modes]
+
+    def check(core):
+        out = scaled_tucker_matrix(core, vectors, factors, k, transpose=True)
+        assert out.is_contiguous()  # torch's out x in, computed in that layout
+        torch.testing.assert_close(out, _reference(core, vectors, factors, k).T)
+
+    core = torch.randn(*modes, generator=gen, dtype=F64)
+    check(core)
+    (entry,) = kernels._PERMUTED.values()
+    check(core)
+    assert list(kernels._PERMUTED.values()) == [entry]  # the second call reused it
+    core.mul_(2.0)  # an in-place change bumps the version: recomputed, not stale
+    check(core)
+    del core, entry
+    for seed in range(3):  # new cores of the same shape, possibly at the freed address
+        check(torch.randn(*modes, generator=torch.Generator().manual_seed(seed), dtype=F64))
+    assert len(kernels._PERMUTED) <= kernels._PERMUTED_MAX
