@@ -368,7 +368,10 @@ def path_costs(
     ``build_rate`` and ``push_rate`` weigh the FLOPs of building ``dW`` and of the push
     path against those of the matmuls with the activations, when they run at other speeds:
     on a GPU with a bfloat16 base, ``dW`` is built in TF32 (half the speed of bf16 tensor
-    cores) and the push runs in float32 (~14x slower per FLOP on an H100).
+    cores) and the push runs in float32 (~14x slower per FLOP on an H100). ``push_rate``
+    applies to dense pushes (TeRA's core, HiRA's base weight); a chain of thin matrices
+    (LoRA, VeRA) is bound by memory traffic, not by FLOPs, and keeps a rate of one (the
+    choice HF PEFT makes for them: they push in float32 whatever the base).
 
     Examples
     --------
@@ -401,7 +404,8 @@ def path_costs(
             # again for their weight gradients, trainable vectors only cheap reductions
             trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
             push_flops *= 3 if trains_matrix else 2
-    return {"materialize": materialize, "push": push_rate * push_flops}
+    thin = net.kernel is None and _chain(net) is not None
+    return {"materialize": materialize, "push": (1.0 if thin else push_rate) * push_flops}
 
 
 @_not_compiled

@@ -155,3 +155,13 @@ def test_tera_pushes_through_its_kernel_and_prices_it():
     layer.path = "push"
     x = torch.randn(3, 10, 64)
     torch.testing.assert_close(model(x), layer.base_layer(x) + x @ layer.delta_weight().T)
+
+
+def test_thin_chains_keep_a_push_rate_of_one():
+    """LoRA's push is bound by memory traffic, not FLOPs: the float32 rate does not apply."""
+    model = adapt(nn.Sequential(nn.Linear(256, 256)), LoRAConfig(r=8, target_modules=["0"]))
+    layer = model.adapter_layers["0"]
+    net = layer.adapter.network(layer.base_weight())
+    plain = path_costs(net, 512, fused=True, backward=True)
+    weighed = path_costs(net, 512, fused=True, backward=True, build_rate=2.0, push_rate=14.0)
+    assert weighed["push"] == plain["push"]
