@@ -22,7 +22,7 @@ from tera.adapters.config import (
 )
 from tera.adapters.io import load_adapter as from_pretrained
 from tera.adapters.io import load_adapter_weights, save_adapter
-from tera.adapters.layer import AdapterLinear
+from tera.adapters.layer import AdapterLinear, ExecutionPolicy, execution_policy
 from tera.adapters.model import AdaptedModel, ParameterReport, adapt, find_targets, parameter_report
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "AdaptedModel",
     "AdapterConfig",
     "AdapterLinear",
+    "ExecutionPolicy",
     "HiRAConfig",
     "LoRAConfig",
     "ParameterReport",
@@ -37,6 +38,7 @@ __all__ = [
     "VeRAConfig",
     "adapt",
     "config_from_dict",
+    "execution_policy",
     "find_targets",
     "from_pretrained",
     "load_adapter_weights",

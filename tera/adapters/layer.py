@@ -67,10 +67,12 @@ def linear_shape(module: nn.Module, name: str = "?") -> tuple[int, int]:
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 FLOAT32_COST = 14.0
-"""Cost of a float32 FLOP in units of a half-precision one on a GPU: an H100 ran a bf16
-``Linear(4096, 4096)`` training step 14.4x faster than the float32 one (docs/performance.md)."""
+"""How much one float32 FLOP costs on a GPU, in half-precision FLOPs.
+
+Measured on an H100, which ran a bf16 ``Linear(4096, 4096)`` training step 14.4x faster than
+the float32 one (docs/performance.md)."""
 TF32_COST = 2.0
-"""Cost of a TF32 FLOP in half-precision ones (the tensor cores' spec: half the rate)."""
+"""How much one TF32 FLOP costs on a GPU, in half-precision FLOPs (half the rate, per spec)."""
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,20 @@ class ExecutionPolicy:
     ----------
     fuse : bool
         Whether a materialized ``dW`` may be added to ``W0`` for one matmul (the sum is
-        formed in float32 and rounded once: exactly the weight :meth:`AdapterLinear.merge`
-        writes). Also needs a plain linear layer and no active dropout.
+        formed in float32 and rounded once: exactly the weight that
+        :meth:`~tera.adapters.AdapterLinear.merge` writes). Also needs a plain linear
+        layer and no active dropout.
     apply_dtype : torch.dtype or None
         The dtype of an unfused adapter matmul with the activations (``None``: the
         adapter's own, float32 or float64).
     tf32_build : bool
         Build ``dW`` with TF32 tensor cores (float32 range, 10-bit mantissa; the result is
         rounded to the base's 8- or 10-bit half precision anyway).
-    build_rate, push_rate : float
-        Cost of one FLOP of building ``dW`` and of the push path, in units of the base
-        layer's matmul FLOPs (see :func:`~tera.adapters.engine.path_costs`).
+    build_rate : float
+        Cost of one FLOP of building ``dW``, in units of the base layer's matmul FLOPs
+        (see :func:`~tera.adapters.engine.path_costs`).
+    push_rate : float
+        Cost of one FLOP of the push path, in the same units.
     """
 
     fuse: bool
@@ -112,7 +117,7 @@ def execution_policy(base_weight: torch.Tensor) -> ExecutionPolicy:
       float32 (most CPUs emulate half GEMMs: 4.5x slower than float32 on an AVX2 EPYC);
     * half-precision base on an accelerator: fused in the base dtype (one half GEMM, 10-15x
       faster than float32 there), ``dW`` built in TF32 on CUDA; the push path still runs in
-      float32 and is priced so (:data:`FLOAT32_COST`).
+      float32 and is priced so (:data:`~tera.adapters.layer.FLOAT32_COST`).
 
     Examples
     --------
