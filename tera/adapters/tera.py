@@ -24,6 +24,7 @@ with AdamW the d's move by about ``lr`` per step, so the paper's learning rates
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
 
@@ -120,6 +121,17 @@ def resolve_scheme(
     return modes, k, ranks, config.zero_init % n
 
 
+@functools.lru_cache(maxsize=64)
+def _tucker_subscripts(n: int, k: int) -> tuple[tuple[str, ...], str, str]:
+    """Subscripts of an order-``n`` Tucker network (core, then ``d_j``, ``A_j`` per mode)."""
+    rank_syms = [opt_einsum.get_symbol(j) for j in range(n)]
+    mode_syms = [opt_einsum.get_symbol(n + j) for j in range(n)]
+    subscripts = ["".join(rank_syms)]
+    for j in range(n):
+        subscripts += [rank_syms[j], rank_syms[j] + mode_syms[j]]
+    return tuple(subscripts), "".join(mode_syms[:k]), "".join(mode_syms[k:])
+
+
 class TeRA(Adapter):
     """TeRA on one layer: trainable vectors ``d[0..N-1]``, frozen shared ``G`` and ``A_i``.
 
@@ -166,19 +178,15 @@ class TeRA(Adapter):
 
     def network(self, base_weight: torch.Tensor) -> Network:
         """Eq. (11): ``dW(i_1..i_N) = sum_r G(r) prod_n d_n(r_n) A_n(r_n, i_n)``."""
-        n = len(self.modes)
-        rank_syms = [opt_einsum.get_symbol(j) for j in range(n)]
-        mode_syms = [opt_einsum.get_symbol(n + j) for j in range(n)]
-        subscripts = ["".join(rank_syms)]
         operands = [self._factor(self._key_G)]
-        for j in range(n):
-            subscripts += [rank_syms[j], rank_syms[j] + mode_syms[j]]
-            operands += [self.d[j], self._factor(self._keys_A[j])]
+        for j, d in enumerate(self.d):
+            operands += [d, self._factor(self._keys_A[j])]
+        subscripts, in_subs, out_subs = _tucker_subscripts(len(self.modes), self.k)
         return Network(
-            tuple(subscripts),
+            subscripts,
             tuple(operands),
-            "".join(mode_syms[: self.k]),
-            "".join(mode_syms[self.k :]),
+            in_subs,
+            out_subs,
             tuple(self.modes[: self.k]),
             tuple(self.modes[self.k :]),
             kernel=TuckerKernel(self.k),
