@@ -21,8 +21,10 @@ What is checked, and why it holds:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -122,6 +124,11 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
                 "trainable": model.trainable_parameter_count(),
             }
             (Path(out_dir) / "report.json").write_text(json.dumps(report))
+        # Free DDP's reducer (it holds the process group) while both ranks are still alive:
+        # destroying it after the peer has exited can hang in gloo's worker-thread join.
+        del ddp
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -147,9 +154,15 @@ def ddp_run(tmp_path_factory):
     init_method = f"file://{out / 'store'}"
     # fork: the children inherit the imported torch/transformers (spawn would re-import them,
     # ~10 s per process on 2 cores); no process group exists in the parent yet.
-    mp.start_processes(
-        _worker, args=(init_method, str(out)), nprocs=WORLD, join=True, start_method="fork"
+    context = mp.start_processes(
+        _worker, args=(init_method, str(out)), nprocs=WORLD, join=False, start_method="fork"
     )
+    deadline = time.monotonic() + 120  # ~2 s when healthy: a hang fails instead of stalling CI
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the DDP workers did not finish within 120 s (killed)")
     report = json.loads((out / "report.json").read_text())
     return report, torch.load(out / "ds.pt")
 
