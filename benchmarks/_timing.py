@@ -15,8 +15,20 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The ``--dtype`` choices of the benchmarks."""
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a benchmark's Markdown and, if asked, write it to ``out``."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
 
 
 @dataclass

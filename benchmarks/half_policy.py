@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import alternate, machine, markdown_table
+from _timing import DTYPES, alternate, emit, machine, markdown_table
 
 from tera.adapters import TeRAConfig, adapt
 from tera.adapters.engine import delta_weight
@@ -49,7 +49,6 @@ from tera.adapters.layer import AdapterLinear
 from tera.tn import suggest_modes
 from tera.tn.kernels import cuda_tf32
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 Forward = Callable[[AdapterLinear, torch.Tensor], torch.Tensor]
 
 
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> str:
     """Command line entry point; returns the Markdown it prints."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--tokens", default="2048")
     parser.add_argument("--modes", default="small,square", help="small: (J | 4,4,..); square")
@@ -243,10 +242,7 @@ def main(argv: list[str] | None = None) -> str:
         f"Machine: {machine(args.device)}\n\n{args.dtype} Linear({args.size}, {args.size}) "
         f"on {args.device}, forward + backward.\n\n{markdown_table(header, rows)}\n"
     )
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
     return text
 
 

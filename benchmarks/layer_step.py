@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import alternate, machine, markdown_table
+from _timing import DTYPES, alternate, emit, machine, markdown_table
 
 from tera.adapters import (
     AdapterConfig,
@@ -82,9 +82,6 @@ def peft_configs() -> dict[str, object]:
         "PEFT VeRA r=256": VeraConfig(r=256, target_modules=["0"]),
         "PEFT HiRA r=32": HiraConfig(r=32, target_modules=["0"]),
     }
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def base_model(j: int, device: str = "cpu", dtype: str = "float32") -> nn.Module:
@@ -310,10 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         mj, mt = (int(s) for s in args.memory_size.split(","))
         parts += ["", memory(mj, mt, dev, dtype)]
     text = "\n".join(parts) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import alternate, machine, markdown_table
+from _timing import DTYPES, alternate, emit, machine, markdown_table
 
 from tera.adapters import AdaptedModel, adapt
 from tera.compare.methods import METHODS, method_config
 from tera.compare.models import load_smollm2, tiny_causal_lm
 
 METHOD_NAMES = ("lora", "vera", "hira", "hira1", "tera")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def smollm2_shape() -> nn.Module:
@@ -155,10 +154,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{train_table}\n\n"
         f"{infer_table}\n"
     )
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
     return text
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -59,3 +60,21 @@ def test_model_step_runs_on_a_tiny_llama(tmp_path):
     assert out.read_text() == text
     for label in ("LoRA (r=32)", "TeRA", "base model", "TeRA merge_and_unload()"):
         assert f"| {label} |" in text
+
+
+def test_half_policy_compares_every_policy_with_errors_against_float64(tmp_path):
+    import half_policy
+
+    out = tmp_path / "half.md"
+    half_policy.main(
+        ["--size", "64", "--tokens", "32", "--modes", "square", "--reps", "1", "--out", str(out)]
+    )
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| (8,8")]
+    cells = [re.split(r"(?<!\\) \| ", row) for row in rows]
+    names = [c[2] for c in cells]
+    assert names == ["base", *half_policy.policies(torch.bfloat16, "cpu")]
+    shipped = cells[names.index("layer (shipped)")]
+    cpu_policy = cells[names.index("dW fp32, apply fp32")]
+    assert shipped[5] == cpu_policy[5]  # on a CPU the layer applies the update in float32
+    for c in cells[1:]:
+        assert 0 < float(c[5]) < 0.1  # bf16 rounding, relative to the adapter's contribution
