@@ -194,3 +194,29 @@ def test_factors_made_on_device_equal_those_made_on_cpu(kind):
         assert t.device.type == DEVICE.type
         assert torch.equal(t.cpu(), u), key
     assert on_device.shared_factors.fingerprint() == on_cpu.shared_factors.fingerprint()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Dynamo's notes on what it cannot trace
+def test_torch_compile_on_device_with_a_bf16_base():
+    """On a GPU the layer switches TF32 on around the build: Dynamo must cope with it."""
+    from torch import nn
+
+    from tera.adapters import TeRAConfig
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).to(DEVICE, torch.bfloat16)
+    model = adapt(base, TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"]))
+    randomize_adapter(model)
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1)).to(DEVICE, torch.bfloat16)
+    eager = model(x)
+    eager.float().pow(2).mean().backward()
+    eager_grads = {n: p.grad.clone() for n, p in model.adapter_parameters()}
+    model.zero_grad()
+    out = torch.compile(model, backend="aot_eager")(x)
+    torch.testing.assert_close(out, eager)
+    out.float().pow(2).mean().backward()
+    for name, p in model.adapter_parameters():
+        torch.testing.assert_close(p.grad, eager_grads[name])
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # restored after every build
+    torch._dynamo.reset()

@@ -27,9 +27,10 @@ FLOPs for modes ``I`` and ranks ``R``: forward and backward each cost
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -123,15 +124,19 @@ def _apply_modes(
     mats: Sequence[torch.Tensor],
     groups: list[list[int]],
     lead: int = 1,
+    merged: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Contract each group of modes of ``t`` (shape ``(lead, *dims)``) with its Kronecker product.
 
     ``mats[n]`` maps size ``dims[n]`` to ``mats[n].shape[1]``; ``lead`` rows (tokens) are
-    carried along untouched.
+    carried along untouched. ``merged`` gives the groups' Kronecker products ready-made.
     """
     sizes = [math.prod(dims[n] for n in g) for g in groups]
     for j, g in enumerate(groups):
-        m = _kron([mats[n] for n in g]) if len(g) > 1 else mats[g[0]]
+        if merged is not None:
+            m = merged[j]
+        else:
+            m = _kron([mats[n] for n in g]) if len(g) > 1 else mats[g[0]]
         p, r, q = lead * math.prod(sizes[:j]), sizes[j], math.prod(sizes[j + 1 :])
         if q == 1:
             t = t.reshape(p, r) @ m
@@ -180,29 +185,63 @@ def _all_but_one(h: torch.Tensor, vectors: Sequence[torch.Tensor]) -> list[torch
     )
 
 
-_PERMUTED: dict[tuple[object, ...], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
-_PERMUTED_MAX = 32
+_Entry = tuple[tuple["weakref.ref[torch.Tensor]", ...], tuple[int, ...], torch.Tensor]
+_DERIVED: dict[tuple[object, ...], _Entry] = {}
+_DERIVED_MAX = 64
+
+
+def _derived(
+    sources: Sequence[torch.Tensor], tag: tuple[object, ...], build: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """``build()``, cached while every tensor of ``sources`` lives unchanged.
+
+    For what the kernel derives from frozen shared factors on every call (the core permuted
+    to torch's ``out x in`` order, Kronecker products of factor groups). An entry is checked
+    against the tensors themselves (weak references) and their version counters, so a freed
+    or modified factor is never answered from the cache; tensors that require grad are not
+    cached.
+    """
+    if any(t.requires_grad for t in sources):
+        return build()
+    key = (tag, *((t.data_ptr(), t.device, t.dtype, tuple(t.shape)) for t in sources))
+    versions = tuple(t._version for t in sources)
+    hit = _DERIVED.get(key)
+    if (
+        hit is not None
+        and hit[1] == versions
+        and all(ref() is t for ref, t in zip(hit[0], sources, strict=True))
+    ):
+        return hit[2]
+    value = build()
+    if len(_DERIVED) >= _DERIVED_MAX:
+        _DERIVED.clear()
+    _DERIVED[key] = (tuple(weakref.ref(t) for t in sources), versions, value)
+    return value
 
 
 def _permuted(core: torch.Tensor, order: list[int]) -> torch.Tensor:
-    """``core.permute(order)``, contiguous, cached while ``core`` lives unchanged.
-
-    A frozen shared core is permuted once per shape instead of read strided twice per
-    step. The entry is checked against the tensor itself (a weak reference) and its
-    version counter, so a freed or modified core is never answered from the cache.
-    """
+    """``core.permute(order)``, contiguous, cached while ``core`` lives unchanged."""
     if order == sorted(order):
         return core
-    key = (core.data_ptr(), core.device, core.dtype, tuple(core.shape), tuple(order))
-    hit = _PERMUTED.get(key)
-    if hit is not None and hit[0]() is core and hit[1] == core._version:
-        return hit[2]
-    permuted = core.permute(order).contiguous()
-    if not core.requires_grad:
-        if len(_PERMUTED) >= _PERMUTED_MAX:
-            _PERMUTED.clear()
-        _PERMUTED[key] = (weakref.ref(core), core._version, permuted)
-    return permuted
+    return _derived([core], ("permute", *order), lambda: core.permute(order).contiguous())
+
+
+def _kron_t(mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    return _kron([a.T for a in mats])
+
+
+def _transposed_krons(
+    factors: Sequence[torch.Tensor], order: list[int], groups: list[list[int]]
+) -> list[torch.Tensor]:
+    """Per group of (reordered) modes: the Kronecker product of the factors' transposes."""
+    merged = []
+    for g in groups:
+        mats = [factors[order[n]] for n in g]
+        if len(g) == 1:
+            merged.append(mats[0].T)
+        else:
+            merged.append(_derived(mats, ("kron-T",), functools.partial(_kron_t, mats)))
+    return merged
 
 
 class _ScaledTucker(torch.autograd.Function):
@@ -252,8 +291,9 @@ class _ScaledTucker(torch.autograd.Function):
             else:
                 grad = grad.T
         modes = [int(factors[i].shape[1]) for i in order]
-        back = [factors[i].T for i in order]
-        grad_core = _apply_modes(grad.contiguous(), modes, back, merge_small_modes(modes))
+        groups = merge_small_modes(modes)
+        back = _transposed_krons(factors, order, groups)  # frozen: built once, cached
+        grad_core = _apply_modes(grad.contiguous(), modes, [], groups, merged=back)
         ranks = [int(core.shape[i]) for i in order]
         permuted_core = ctx.permuted_core if order != list(range(n)) else core
         h = grad_core.reshape(ranks).mul_(permuted_core)

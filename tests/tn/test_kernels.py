@@ -273,7 +273,7 @@ def test_the_permuted_core_cache_follows_the_core():
     """The transposed output reads a cached permuted core: reused, never stale."""
     from tera.tn import kernels
 
-    kernels._PERMUTED.clear()
+    kernels._DERIVED.clear()
     gen = torch.Generator().manual_seed(5)
     modes, k = (4, 3, 2), 1
     factors = [torch.randn(i, i, generator=gen, dtype=F64) for i in modes]
@@ -286,12 +286,40 @@ def test_the_permuted_core_cache_follows_the_core():
 
     core = torch.randn(*modes, generator=gen, dtype=F64)
     check(core)
-    (entry,) = kernels._PERMUTED.values()
+    (entry,) = kernels._DERIVED.values()
     check(core)
-    assert list(kernels._PERMUTED.values()) == [entry]  # the second call reused it
+    assert list(kernels._DERIVED.values()) == [entry]  # the second call reused it
     core.mul_(2.0)  # an in-place change bumps the version: recomputed, not stale
     check(core)
     del core, entry
     for seed in range(3):  # new cores of the same shape, possibly at the freed address
         check(torch.randn(*modes, generator=torch.Generator().manual_seed(seed), dtype=F64))
-    assert len(kernels._PERMUTED) <= kernels._PERMUTED_MAX
+    assert len(kernels._DERIVED) <= kernels._DERIVED_MAX
+
+
+def test_the_backward_reuses_the_kronecker_products_of_frozen_factors():
+    from tera.tn import kernels
+
+    kernels._DERIVED.clear()
+    gen = torch.Generator().manual_seed(6)
+    modes = (16, 4, 4, 4)
+    core = torch.randn(*modes, generator=gen, dtype=F64)
+    factors = [torch.randn(i, i, generator=gen, dtype=F64) for i in modes]
+
+    def grads():
+        vectors = [torch.rand(i, generator=gen, dtype=F64).requires_grad_() for i in modes]
+        out = scaled_tucker_matrix(core, vectors, factors, 1, transpose=True)
+        weight = torch.randn(out.shape, generator=gen, dtype=F64)
+        ours = torch.autograd.grad((out * weight).sum(), vectors)
+        ref = _reference(core, vectors, factors, 1).T
+        for a, b in zip(ours, torch.autograd.grad((ref * weight).sum(), vectors)):
+            torch.testing.assert_close(a, b)
+
+    grads()
+    cached = {k: v[2] for k, v in kernels._DERIVED.items() if k[0] == ("kron-T",)}
+    assert len(cached) == 2  # modes (4, 4, 4, 16) in the gradient's order: [[4, 4], [4, 16]]
+    grads()
+    again = {k: v[2] for k, v in kernels._DERIVED.items() if k[0] == ("kron-T",)}
+    assert all(again[k] is cached[k] for k in cached)  # built once, reused
+    factors[2].mul_(-1.0)  # a changed factor is rebuilt, never served stale
+    grads()
