@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tera.tn.kernels import cuda_tf32_enabled
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The ``--dtype`` choices of the benchmarks."""
 
@@ -107,8 +109,7 @@ def machine(device: str = "cpu") -> str:
         props = torch.cuda.get_device_properties(device)
         text = (
             f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
-            f"TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}); host: "
-            + text
+            f"TF32 matmul {'on' if cuda_tf32_enabled() else 'off'}); host: " + text
         )
     return text
 

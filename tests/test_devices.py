@@ -23,7 +23,7 @@ from tera.adapters import AdaptedModel, adapt
 from tera.adapters.io import load_adapter
 from tera.adapters.layer import AdapterLinear, execution_policy
 from tera.tn import tucker_to_matrix
-from tera.tn.kernels import scaled_tucker_matrix
+from tera.tn.kernels import cuda_tf32_enabled, scaled_tucker_matrix
 from tests.adapters.common import KINDS, inputs, llama, make_config, randomize_adapter
 
 DEVICE = torch.device(os.environ.get("TERA_TEST_DEVICE", "cpu"))
@@ -218,5 +218,5 @@ def test_torch_compile_on_device_with_a_bf16_base():
     out.float().pow(2).mean().backward()
     for name, p in model.adapter_parameters():
         torch.testing.assert_close(p.grad, eager_grads[name])
-    assert torch.backends.cuda.matmul.allow_tf32 is False  # restored after every build
+    assert not cuda_tf32_enabled()  # restored after every build
     torch._dynamo.reset()

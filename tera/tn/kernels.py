@@ -42,6 +42,7 @@ from tera.tn.products import check_matrices
 
 __all__ = [
     "cuda_tf32",
+    "cuda_tf32_enabled",
     "merge_small_modes",
     "scaled_tucker_flops",
     "scaled_tucker_matrix",
@@ -82,32 +83,78 @@ def merge_small_modes(sizes: Sequence[int], limit: int = MERGE_LIMIT) -> list[li
     return groups
 
 
+def _precision() -> str | bool:
+    """The fp32 matmul precision of CUDA, read through the API this torch has.
+
+    torch >= 2.9 has ``torch.backends.cuda.matmul.fp32_precision`` ("none", "ieee" or
+    "tf32"); once it has been set, reading the legacy ``allow_tf32`` raises, so the new API
+    is used whenever it exists (it reflects legacy settings too).
+    """
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return cast(str, matmul.fp32_precision)
+    return bool(matmul.allow_tf32)  # pragma: no cover - torch < 2.9
+
+
+def _set_precision(state: str | bool) -> None:
+    matmul = torch.backends.cuda.matmul
+    if isinstance(state, str):
+        matmul.fp32_precision = state
+    else:  # pragma: no cover - torch < 2.9
+        matmul.allow_tf32 = state
+
+
+def cuda_tf32_enabled() -> bool:
+    """Whether float32 CUDA matmuls may use TF32 tensor cores right now.
+
+    Examples
+    --------
+    >>> from tera.tn.kernels import cuda_tf32, cuda_tf32_enabled
+    >>> with cuda_tf32(True):
+    ...     cuda_tf32_enabled()
+    True
+    """
+    state = _precision()
+    return state == "tf32" if isinstance(state, str) else state
+
+
+@contextlib.contextmanager
+def _precision_set_to(state: str | bool) -> Iterator[None]:
+    old = _precision()
+    if old == state:
+        yield
+        return
+    _set_precision(state)
+    try:
+        yield
+    finally:
+        _set_precision(old)
+
+
 @contextlib.contextmanager
 def cuda_tf32(enabled: bool) -> Iterator[None]:
     """Allow (or forbid) TF32 tensor cores for float32 CUDA matmuls inside the block.
 
-    Sets ``torch.backends.cuda.matmul.allow_tf32`` (a process-wide flag) and restores it on
-    exit. TF32 keeps float32's range with a 10-bit mantissa, enough for a ``dW`` that is
-    rounded to bfloat16 (8 bits) or float16 (10 bits) before use; the backward of
-    :func:`scaled_tucker_matrix` runs with the setting that was in force at its forward.
+    Sets the process-wide fp32 matmul precision of CUDA (``fp32_precision``, or the legacy
+    ``allow_tf32`` on torch < 2.9) and restores it on exit. TF32 keeps float32's range with
+    a 10-bit mantissa, enough for a ``dW`` that is rounded to bfloat16 (8 bits) or float16
+    (10 bits) before use; the backward of :func:`scaled_tucker_matrix` runs with the setting
+    that was in force at its forward.
 
     Examples
     --------
-    >>> import torch
-    >>> from tera.tn.kernels import cuda_tf32
-    >>> before = torch.backends.cuda.matmul.allow_tf32
+    >>> from tera.tn.kernels import cuda_tf32, cuda_tf32_enabled
+    >>> before = cuda_tf32_enabled()
     >>> with cuda_tf32(True):
-    ...     torch.backends.cuda.matmul.allow_tf32
+    ...     cuda_tf32_enabled()
     True
-    >>> torch.backends.cuda.matmul.allow_tf32 == before
+    >>> cuda_tf32_enabled() == before
     True
     """
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
+    new_api = isinstance(_precision(), str)
+    target: str | bool = ("tf32" if enabled else "ieee") if new_api else enabled
+    with _precision_set_to(target):
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -260,7 +307,7 @@ class _ScaledTucker(torch.autograd.Function):
         vectors, factors = tensors[:n], tensors[n:]
         ctx.save_for_backward(core, *tensors)
         ctx.k, ctx.transpose = k, transpose
-        ctx.allow_tf32 = torch.backends.cuda.matmul.allow_tf32  # the backward uses the same
+        ctx.precision = _precision()  # the backward runs with the same
         if transpose:
             order = list(range(k, n)) + list(range(k))
             ctx.permuted_core = _permuted(core, order)
@@ -274,9 +321,7 @@ class _ScaledTucker(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if ctx.allow_tf32 == torch.backends.cuda.matmul.allow_tf32:
-            return _ScaledTucker._backward(ctx, grad)
-        with cuda_tf32(ctx.allow_tf32):
+        with _precision_set_to(ctx.precision):
             return _ScaledTucker._backward(ctx, grad)
 
     @staticmethod

@@ -209,19 +209,19 @@ def test_backward_runs_with_the_tf32_setting_of_its_forward(monkeypatch):
     real = kernels._apply_modes
 
     def spy(*args, **kwargs):
-        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        seen.append(kernels.cuda_tf32_enabled())
         return real(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "_apply_modes", spy)
-    before = torch.backends.cuda.matmul.allow_tf32
+    before = kernels.cuda_tf32_enabled()
     core, factors = torch.randn(3, 2, 2), [torch.randn(3, 3), torch.randn(2, 2), torch.randn(2, 2)]
     d = [torch.rand(r, requires_grad=True) for r in (3, 2, 2)]
     with kernels.cuda_tf32(not before):
         m = scaled_tucker_matrix(core, d, factors, k=1)
-    assert torch.backends.cuda.matmul.allow_tf32 == before  # restored after the block
+    assert kernels.cuda_tf32_enabled() == before  # restored after the block
     m.sum().backward()
     assert seen == [not before, not before]  # forward and backward alike
-    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert kernels.cuda_tf32_enabled() == before
 
 
 @settings(max_examples=100, deadline=None)
@@ -323,3 +323,26 @@ def test_the_backward_reuses_the_kronecker_products_of_frozen_factors():
     assert all(again[k] is cached[k] for k in cached)  # built once, reused
     factors[2].mul_(-1.0)  # a changed factor is rebuilt, never served stale
     grads()
+
+
+def test_the_kernel_works_when_the_user_set_the_new_precision_api():
+    """torch >= 2.9 raises on reading the legacy allow_tf32 once fp32_precision was set.
+
+    Found on a GPU: after torch.compile set the new API, every TeRA forward raised.
+    """
+    from tera.tn import kernels
+
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "ieee"  # the API PyTorch recommends
+        core, factors = torch.randn(3, 2), [torch.randn(3, 3), torch.randn(2, 2)]
+        d = [torch.rand(3, requires_grad=True), torch.rand(2, requires_grad=True)]
+        with kernels.cuda_tf32(True):
+            assert matmul.fp32_precision == "tf32"
+            m = scaled_tucker_matrix(core, d, factors, k=1, transpose=True)
+        assert matmul.fp32_precision == "ieee"
+        m.sum().backward()
+        assert all(v.grad is not None for v in d)
+    finally:
+        matmul.fp32_precision = old
