@@ -107,11 +107,14 @@ class TuckerKernel:
         core, vectors, factors = operands[0], operands[1::2], operands[2::2]
         return scaled_tucker_matrix(core, vectors, factors, self.k, transpose=True)
 
+    @staticmethod
+    def _ranks_and_modes(shapes: tuple[tuple[int, ...], ...]) -> tuple[list[int], list[int]]:
+        factors = shapes[2::2]
+        return [f[0] for f in factors], [f[1] for f in factors]
+
     def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
         """FLOPs from :func:`tera.tn.kernels.scaled_tucker_flops`."""
-        factors = shapes[2::2]
-        ranks = [f[0] for f in factors]
-        modes = [f[1] for f in factors]
+        ranks, modes = self._ranks_and_modes(shapes)
         return scaled_tucker_flops(ranks, modes, backward=backward)
 
     def push(self, operands: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +124,7 @@ class TuckerKernel:
 
     def push_flops(self, shapes: tuple[tuple[int, ...], ...], tokens: int, backward: bool) -> int:
         """FLOPs from :func:`tera.tn.kernels.scaled_tucker_push_flops`."""
-        factors = shapes[2::2]
-        ranks = [f[0] for f in factors]
-        modes = [f[1] for f in factors]
+        ranks, modes = self._ranks_and_modes(shapes)
         return scaled_tucker_push_flops(ranks, modes, self.k, tokens, backward=backward)
 
 

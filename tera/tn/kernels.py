@@ -349,32 +349,7 @@ class _ScaledTucker(torch.autograd.Function):
         return (None, None, None, *grads, *(None,) * n)
 
 
-_CHECKED: set[tuple[object, ...]] = set()
-_CHECKED_MAX = 4096
-
-
 def _check(core: Array, vectors: Sequence[Array], factors: Sequence[Array], k: int) -> None:
-    """Validate the operands; a signature that passed once is not checked again."""
-    signature = (
-        type(core),
-        tuple(core.shape),
-        str(core.dtype),
-        k,
-        *((type(v), tuple(v.shape), str(v.dtype)) for v in vectors),
-        *((type(a), tuple(a.shape), str(a.dtype)) for a in factors),
-        *(str(t.device) for t in (core, *vectors, *factors) if isinstance(t, torch.Tensor)),
-    )
-    if signature in _CHECKED:
-        return
-    _check_operands(core, vectors, factors, k)
-    if len(_CHECKED) >= _CHECKED_MAX:
-        _CHECKED.clear()
-    _CHECKED.add(signature)
-
-
-def _check_operands(
-    core: Array, vectors: Sequence[Array], factors: Sequence[Array], k: int
-) -> None:
     facs: list[Array] = check_matrices(factors, "factors")
     check_same_backend(
         [core, *vectors, *facs],
