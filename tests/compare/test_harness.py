@@ -8,12 +8,12 @@ import torch
 from tera.adapters import TeRAConfig, adapt
 from tera.cli import main
 from tera.compare.methods import METHODS, ZERO_SHOT, for_model_kind, method_config, parse_methods
+from tera.compare.plots import rank_plot
 from tera.compare.report import (
     MIN_PAIRS,
     markdown_table,
     p_value_cell,
     paired_accuracies,
-    rank_plot,
     summary_line,
     wilcoxon_vs_tera,
 )
