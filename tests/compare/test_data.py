@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tera.compare.cache as cache_mod
-import tera.compare.data as data_mod
+import tera.compare.synthetic as data_mod
 from tera.compare.cache import cache_dir, ensure_installed, pip_download
 from tera.compare.data import (
     MAX_TARGET_LABELS,
@@ -28,13 +28,13 @@ from tera.compare.data import (
     SplitError,
     Task,
     bigbench_task_names,
-    fake_bigbench_sdist,
     load_bigbench_task,
     make_splits,
     parse_task_json,
     synthetic_task,
 )
 from tera.errors import LoadError
+from tests.compare.fixtures import fake_bigbench_sdist
 
 
 def ts(text, scores):
