@@ -257,6 +257,18 @@ class TeRAConfig(AdapterConfig):
         Standard deviation of dW's entries when all d_i = 1. ``None`` (default) uses
         ``1 / sqrt(in_features)``, the same for every tensorization (see the module
         :mod:`tera.adapters.tera`).
+    factors : {"shared", "unique", "identity"}
+        The frozen core and factors: ``"shared"`` (default, the paper's TeRA) draws one
+        set per layer shape, shared by every adapted layer of that shape; ``"unique"``
+        draws a set per layer (the paper's TeRA_unique, Appendix J, Table 8);
+        ``"identity"`` makes every factor ``A_i`` the identity, only the core random (the
+        paper's TeRA_iden, Figure 6; needs full ranks).
+    init : {"normalized", "paper"}
+        ``"normalized"`` (default) rescales the core so that dW at d = 1 has
+        root-mean-square ``scale`` exactly; ``"paper"`` keeps the raw draw: each ``A_i``
+        Kaiming-uniform on its own fan-in ``I_i`` (``U(±1/sqrt(I_i))``, torch's
+        ``kaiming_uniform_(a=sqrt(5))``), the core ``U(±sqrt(3))``, so the scale of dW
+        then depends on the tensorization (``scale`` must be ``None``).
 
     Examples
     --------
@@ -273,9 +285,24 @@ class TeRAConfig(AdapterConfig):
     ranks: tuple[int, ...] | None = None
     zero_init: int = -1
     scale: float | None = None
+    factors: str = "shared"
+    init: str = "normalized"
+
+    #: The values ``factors`` and ``init`` accept.
+    FACTORS: ClassVar[tuple[str, ...]] = ("shared", "unique", "identity")
+    INITS: ClassVar[tuple[str, ...]] = ("normalized", "paper")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.factors not in self.FACTORS:
+            raise ShapeError(f"factors must be one of {self.FACTORS}, got {self.factors!r}")
+        if self.init not in self.INITS:
+            raise ShapeError(f"init must be one of {self.INITS}, got {self.init!r}")
+        if self.init == "paper" and self.scale is not None:
+            raise ShapeError(
+                f"scale={self.scale!r} has no effect with init='paper' (the raw draw sets the "
+                "scale); drop scale, or use init='normalized'"
+            )
         for name in ("in_mode", "out_mode"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 2:

@@ -159,16 +159,33 @@ class TeRA(Adapter):
         self.scale = float(scale)
         scheme = f"{out_features}x{in_features}|modes={modes}|k={k}|ranks={ranks}"
         suffix = f"{scheme}|scale={self.scale!r}|seed={config.seed}"
+        if config.init == "paper":
+            suffix = f"{scheme}|init=paper|seed={config.seed}"
+        if config.factors == "unique":  # one set per layer: the layer's name is in the key
+            suffix += f"|layer={layer_name}"
+        elif config.factors == "identity" and ranks != modes:
+            raise RankError(
+                f"factors='identity' needs full ranks (R_i = I_i) but layer '{layer_name}' "
+                f"has ranks {ranks} for modes {modes}; use ranks=None"
+            )
         self._key_G = f"tera|G|{suffix}"
         self._keys_A = [f"tera|A{i}|{suffix}" for i in range(len(modes))]
+        if config.factors == "identity":
+            self._keys_A = [f"tera|I|{i}" for i in modes]
         factors = []
         for key, r, i in zip(self._keys_A, ranks, modes, strict=True):
-            # Kaiming-uniform on the rank index: variance 1 / R_i
-            build = partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r))
+            if config.factors == "identity":
+                build = partial(torch.eye, i, dtype=torch.float32)
+            elif config.init == "paper":  # Kaiming-uniform on the factor's own fan-in I_i
+                build = partial(counter_uniform, key, (r, i), 1.0 / math.sqrt(i))
+            else:  # Kaiming-uniform on the rank index: variance 1 / R_i
+                build = partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r))
             factors.append(self._shared_factor(key, build))
-        self._shared_factor(
-            self._key_G, partial(_normalized_core, self._key_G, factors, self.scale)
-        )
+        if config.init == "paper":  # the core as drawn, unit variance
+            core = partial(counter_uniform, self._key_G, tuple(ranks), math.sqrt(3.0))
+        else:
+            core = partial(_normalized_core, self._key_G, factors, self.scale)
+        self._shared_factor(self._key_G, core)
         self.d = nn.ParameterList(
             [
                 self._param(torch.zeros(r) if n == zero else torch.ones(r))
