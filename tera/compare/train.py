@@ -23,7 +23,17 @@ from tera.compare.data import Example
 from tera.compare.methods import Method, method_config
 from tera.compare.models import LoadedModel
 
-__all__ = ["RunResult", "TrainSettings", "evaluate", "train_run"]
+__all__ = [
+    "DTYPE_NAMES",
+    "Evaluation",
+    "RunResult",
+    "TrainSettings",
+    "evaluate",
+    "prepare",
+    "train",
+    "train_run",
+    "trainable_state",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,33 @@ class TrainSettings:
     weight_decay: float = 0.0
     eval_batch_size: int = 64
     progress: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """:attr:`dtype` as a torch dtype (``"float32"``, ``"bf16"``/``"bfloat16"``, ``"fp16"``)."""
+        return _DTYPES[self.dtype]
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+#: The names ``TrainSettings.dtype`` accepts.
+DTYPE_NAMES = tuple(_DTYPES)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy on a split and the mean negative log-likelihood of the correct answers."""
+
+    accuracy: float
+    loss: float
 
 
 @dataclass
@@ -103,16 +140,19 @@ def _weight_bytes(model: nn.Module) -> int:
 def _head_modules(loaded: LoadedModel) -> list[str]:
     if loaded.kind != "classifier":
         return []
-    names = [n for n, _ in loaded.model.named_children()]
-    for candidate in ("classifier", "score", "head"):
-        if candidate in names:
-            return [candidate]
-    raise ValueError(f"cannot find the classification head among {names}")
+    from tera.compare.folder import head_module_name
+
+    return [head_module_name(loaded.model)]
 
 
-def _prepare(
+def prepare(
     loaded: LoadedModel, method: Method, seed: int
 ) -> tuple[nn.Module, AdaptedModel | None]:
+    """The model of one run: ``loaded`` with ``method``'s adapter (or head) trainable.
+
+    Returns the model to train and the :class:`~tera.adapters.AdaptedModel` (``None`` for
+    the head-only and zero-shot methods).
+    """
     model = loaded.model
     head = _head_modules(loaded)
     out_sizes = sorted(
@@ -151,9 +191,14 @@ def _classification_loss(
         max_length=max_length,
         return_tensors="pt",
     )
-    labels = torch.tensor([e.label for e in batch])
-    logits = model(**enc).logits
-    return nn.functional.cross_entropy(logits, labels)
+    device = _device_of(model)
+    labels = torch.tensor([e.label for e in batch], device=device)
+    logits = model(**enc.to(device)).logits
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _lm_pairs(
@@ -184,6 +229,9 @@ def _prompt(example: Example) -> str:
 def _answer_logprobs(
     model: nn.Module, enc: dict[str, torch.Tensor], answer_mask: torch.Tensor
 ) -> torch.Tensor:
+    device = _device_of(model)
+    enc = {k: v.to(device) for k, v in enc.items()}
+    answer_mask = answer_mask.to(device)
     logits = model(**enc).logits[:, :-1]
     targets = enc["input_ids"][:, 1:]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -207,10 +255,16 @@ def evaluate(
     examples: Sequence[Example],
     settings: TrainSettings,
     desc: str = "eval",
-) -> float:
-    """Accuracy on ``examples`` (argmax of the head, or the most likely choice for an LM)."""
+) -> Evaluation:
+    """Accuracy on ``examples`` and the mean loss of their correct answers.
+
+    A classifier predicts the argmax of its head (loss: cross-entropy); a causal LM the
+    choice whose tokens are most likely after the prompt (loss: the mean negative
+    log-likelihood per answer token of the correct choice). The loss breaks ties between
+    learning rates whose accuracies are equal (e.g. all at the majority class).
+    """
     model.eval()
-    correct = 0
+    correct, loss_sum = 0, 0.0
     bar = tqdm(total=len(examples), desc=desc, disable=not settings.progress, leave=False)
     for start in range(0, len(examples), settings.eval_batch_size):
         chunk = list(examples[start : start + settings.eval_batch_size])
@@ -222,21 +276,27 @@ def evaluate(
                 max_length=settings.max_length,
                 return_tensors="pt",
             )
-            pred = model(**enc).logits.argmax(-1).tolist()
+            logits = model(**enc.to(_device_of(model))).logits.float()
+            labels = torch.tensor([e.label for e in chunk], device=logits.device)
+            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            pred = logits.argmax(-1).tolist()
         else:
             prompts = [_prompt(e) for e in chunk for _ in e.choices]
             answers = [c for e in chunk for c in e.choices]
             enc, mask = _lm_pairs(loaded, prompts, answers, settings.max_length)
             scores = _answer_logprobs(model, enc, mask).tolist()
+            lengths = mask[:, 1:].sum(-1).clamp(min=1).tolist()
             pred, pos = [], 0
             for e in chunk:
                 s = scores[pos : pos + len(e.choices)]
                 pred.append(max(range(len(s)), key=s.__getitem__))
+                loss_sum += -s[e.label] / lengths[pos + e.label]
                 pos += len(e.choices)
         correct += sum(int(e.is_correct(p)) for p, e in zip(pred, chunk, strict=True))
         bar.update(len(chunk))
     bar.close()
-    return correct / max(len(examples), 1)
+    n = max(len(examples), 1)
+    return Evaluation(accuracy=correct / n, loss=loss_sum / n)
 
 
 def _schedule(step: int, settings: TrainSettings) -> float:
@@ -252,10 +312,104 @@ def _ranks(adapted: AdaptedModel | None) -> dict[str, int]:
     return {name: layer.delta_rank() for name, layer in adapted.adapter_layers.items()}
 
 
+@dataclass
+class TrainStats:
+    """What training measured: the losses, the wall time and the memory of one step."""
+
+    losses: list[float]
+    seconds: float
+    memory: dict[str, int]
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors of ``model`` by name (detached CPU copies): a run's result.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> m = nn.Linear(2, 2)
+    >>> _ = m.bias.requires_grad_(False)
+    >>> sorted(trainable_state(m))
+    ['weight']
+    """
+    return {
+        name: p.detach().to("cpu", copy=True).contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def train(
+    model: nn.Module,
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    lr: float,
+    settings: TrainSettings,
+    seed: int = 0,
+    desc: str = "",
+) -> TrainStats:
+    """Fine-tune the trainable parameters of ``model`` in place (AdamW, warm-up, linear decay).
+
+    ``memory`` is what training holds beyond the base model, measured in the first step, in
+    bytes (see :func:`train_run`). A loss that turns NaN stops training.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses: list[float] = []
+    memory: dict[str, int] = {}
+    loss_fn = _classification_loss if loaded.kind == "classifier" else _lm_loss
+    start = time.perf_counter()
+    steps = settings.steps if params else 0
+    if steps:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, settings))
+        data = _batches(
+            examples, min(settings.batch_size, len(examples)), torch.Generator().manual_seed(seed)
+        )
+        model.train()
+        bar = tqdm(range(steps), desc=desc, disable=not settings.progress, leave=False)
+        for step in bar:
+            batch = next(data)
+            if step == 0:  # what a step holds, measured once: see train_run's docstring
+                saved = _SavedForBackward(model)
+                with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                    loss = loss_fn(model, loaded, batch, settings.max_length)
+            else:
+                loss = loss_fn(model, loaded, batch, settings.max_length)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            if step == 0:
+                memory = {
+                    "saved_for_backward": saved.nbytes,
+                    "gradients": sum(p.grad.nbytes for p in params if p.grad is not None),
+                    "optimizer_state": sum(
+                        v.nbytes
+                        for state in opt.state.values()
+                        for v in state.values()
+                        if isinstance(v, torch.Tensor) and v.dim() > 0  # not the step count
+                    ),
+                    "adapter_weights": 0,
+                }
+            losses.append(float(loss.detach()))
+            if math.isnan(losses[-1]):
+                break
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return TrainStats(losses, time.perf_counter() - start, memory)
+
+
+def load_for_run(load: Callable[[], LoadedModel], settings: TrainSettings) -> LoadedModel:
+    """``load()`` moved to ``settings.device`` and cast to ``settings.dtype``."""
+    loaded = load()
+    if settings.device != "cpu" or settings.torch_dtype != torch.float32:
+        loaded.model.to(device=settings.device, dtype=settings.torch_dtype)
+    return loaded
+
+
 def train_run(
     load: Callable[[], LoadedModel],
     method: Method,
-    train: Sequence[Example],
+    train_examples: Sequence[Example],
     evaluation: Sequence[Example],
     lr: float,
     settings: TrainSettings,
@@ -272,7 +426,7 @@ def train_run(
         pretrained weights).
     method : Method
         What to train.
-    train, evaluation : sequence of Example
+    train_examples, evaluation : sequence of Example
         Training examples and the examples to report accuracy on.
     lr : float
         Peak learning rate of AdamW.
@@ -314,65 +468,24 @@ def train_run(
     True
     """
     torch.manual_seed(seed)
-    loaded = load()
+    loaded = load_for_run(load, settings)
     base_params = sum(p.numel() for p in loaded.model.parameters())
     base_bytes = _weight_bytes(loaded.model)
-    model, adapted = _prepare(loaded, method, seed)
+    model, adapted = prepare(loaded, method, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
     head_params = sum(p.numel() for p in params) - adapter_params
-    losses: list[float] = []
-    memory: dict[str, int] = {}
-    loss_fn = _classification_loss if loaded.kind == "classifier" else _lm_loss
-    start = time.perf_counter()
-    steps = settings.steps if params else 0
-    if steps:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, settings))
-        data = _batches(
-            train, min(settings.batch_size, len(train)), torch.Generator().manual_seed(seed)
-        )
-        model.train()
-        bar = tqdm(
-            range(steps), desc=desc or method.name, disable=not settings.progress, leave=False
-        )
-        for step in bar:
-            batch = next(data)
-            if step == 0:  # what a step holds, measured once: see the docstring
-                saved = _SavedForBackward(model)
-                with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                    loss = loss_fn(model, loaded, batch, settings.max_length)
-            else:
-                loss = loss_fn(model, loaded, batch, settings.max_length)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            if step == 0:
-                memory = {
-                    "saved_for_backward": saved.nbytes,
-                    "gradients": sum(p.grad.nbytes for p in params if p.grad is not None),
-                    "optimizer_state": sum(
-                        v.nbytes
-                        for state in opt.state.values()
-                        for v in state.values()
-                        if isinstance(v, torch.Tensor) and v.dim() > 0  # not the step count
-                    ),
-                    "adapter_weights": max(_weight_bytes(model) - base_bytes, 0),
-                }
-            losses.append(float(loss.detach()))
-            if math.isnan(losses[-1]):
-                break
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    seconds = time.perf_counter() - start
-    accuracy = evaluate(model, loaded, evaluation, settings, desc=f"{desc} eval")
+    stats = train(model, loaded, train_examples, lr, settings, seed, desc or method.name)
+    if stats.memory:
+        stats.memory["adapter_weights"] = max(_weight_bytes(model) - base_bytes, 0)
+    result = evaluate(model, loaded, evaluation, settings, desc=f"{desc} eval")
     return RunResult(
-        accuracy=accuracy,
-        losses=losses,
+        accuracy=result.accuracy,
+        losses=stats.losses,
         adapter_params=adapter_params,
         head_params=head_params,
         base_params=base_params,
-        train_seconds=seconds,
-        memory=memory,
+        train_seconds=stats.seconds,
+        memory=stats.memory,
         ranks=_ranks(adapted) if with_ranks else {},
     )
