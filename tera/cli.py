@@ -131,39 +131,133 @@ def _rank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
+_COMPARE_OVERRIDES = (
+    "methods", "task", "data", "model", "kind", "targets", "seeds", "steps", "batch_size",
+    "n_train", "n_validation", "n_test", "device", "dtype",
+)  # fmt: skip
+
+
+def _compare_preset(args: argparse.Namespace) -> Any:
+    from tera.compare.methods import split_specs
     from tera.compare.presets import PRESETS
+    from tera.compare.run import saved_preset
+
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in _COMPARE_OVERRIDES if getattr(args, k)]
+        if given or args.preset:
+            raise SystemExit(
+                f"tera compare: --resume continues the comparison as it was configured; drop "
+                f"{', '.join(given + (['--preset'] if args.preset else []))}"
+            )
+        return saved_preset(args.resume)
+    preset = PRESETS[args.preset or "default"]
+    tasks = None
+    if args.task or args.data:
+        tasks = tuple(
+            [t.strip() for t in (args.task or "").split(",") if t.strip()] + list(args.data or [])
+        )
+    settings = dataclasses.replace(
+        preset.settings,
+        **{
+            k: v
+            for k, v in dict(
+                steps=args.steps, batch_size=args.batch_size, device=args.device, dtype=args.dtype
+            ).items()
+            if v is not None
+        },
+    )
+    return preset.with_overrides(
+        methods=tuple(split_specs(args.methods)) if args.methods else None,
+        tasks=tasks,
+        model=args.model,
+        kind=args.kind,
+        targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None,
+        seeds=args.seeds,
+        n_train=args.n_train,
+        n_validation=args.n_validation,
+        n_test=args.n_test,
+        settings=settings,
+    )
+
+
+def _compare(args: argparse.Namespace) -> int:
     from tera.compare.report import summary_line
     from tera.compare.run import compare
+    from tera.errors import TeraError
 
-    preset = PRESETS[args.preset].with_overrides(
-        methods=tuple(args.methods.split(",")) if args.methods else None,
-        tasks=tuple(args.task.split(",")) if args.task else None,
-        model=args.model,
-        seeds=args.seeds,
-    )
-    if args.steps:
-        preset = preset.with_overrides(
-            settings=dataclasses.replace(preset.settings, steps=args.steps)
+    out = args.resume or args.out
+    try:
+        preset = _compare_preset(args)
+        results = compare(preset, out, resume=bool(args.resume), overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(
+            f"\ntera compare: interrupted; every finished run is saved in {out}/runs. "
+            f"Continue with: tera compare --resume {out}",
+            file=sys.stderr,
         )
-    results = compare(preset, args.out)
-    print((Path(args.out) / "results.md").read_text())
-    print(summary_line(results) + f" -> {args.out}")
+        return 130
+    except TeraError as err:
+        print(f"tera compare: {err}", file=sys.stderr)
+        return 2
+    print((Path(out) / "results.md").read_text())
+    print(summary_line(results) + f" -> {out}")
     return 0
+
+
+def _presets() -> dict[str, Any]:
+    from tera.compare.presets import PRESETS
+
+    return PRESETS
+
+
+def _method_names() -> list[str]:
+    from tera.compare.methods import METHODS
+
+    return list(METHODS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tera`` command."""
     parser = argparse.ArgumentParser(prog="tera", description="TeRA adapters and fair comparisons.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compare", help="fine-tune a real model with each adapter, same budget")
-    p.add_argument("--preset", choices=("smoke", "default", "paper-small"), default="default")
-    p.add_argument("--methods", help="comma-separated: tera,vera,hira,hira1,lora,head")
+    p = sub.add_parser(
+        "compare",
+        help="fine-tune a model with each method at the same budget; verdicts with intervals",
+        description="Fine-tune a model with each method at the same budget. Presets: "
+        + "; ".join(f"{name}: {preset.budget}" for name, preset in _presets().items()),
+    )
+    p.add_argument("--preset", choices=tuple(_presets()), help="default: default")
+    p.add_argument(
+        "--methods",
+        help="method specs, comma-separated: tera,tera(zero_init=0),vera(r=1024),lora(r=8); "
+        "names: " + ", ".join(_method_names()),
+    )
     p.add_argument("--task", help="BIG-bench task name(s), comma-separated")
-    p.add_argument("--model", choices=("minilm", "smollm2", "tiny", "tiny-lm"))
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="FILE",
+        help="a JSONL/CSV task file of your own (repeatable): rows {question, choices, answer} "
+        "or {text, label}",
+    )
+    p.add_argument(
+        "--model", help="minilm, smollm2, tiny, tiny-lm, or a local Hugging Face model folder"
+    )
+    p.add_argument("--kind", choices=("classifier", "causal_lm"), help="override the model's kind")
+    p.add_argument(
+        "--targets", help="adapted modules, comma-separated (default: the q and v projections)"
+    )
     p.add_argument("--seeds", type=int)
     p.add_argument("--steps", type=int, help="training steps per run (overrides the preset)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-validation", type=int)
+    p.add_argument("--n-test", type=int)
+    p.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "bf16", "fp16"), help="the base model's dtype")
     p.add_argument("--out", default="compare-results")
+    p.add_argument("--resume", metavar="DIR", help="continue the comparison saved in DIR")
+    p.add_argument("--overwrite", action="store_true", help="discard a comparison in --out")
     p.set_defaults(func=_compare)
     p = sub.add_parser("params", help="Params (%%) of each method for a model, built on meta")
     p.add_argument("model", help=f"one of {', '.join(BUNDLED_CONFIGS)} or a config.json")

@@ -184,7 +184,9 @@ def split_specs(text: str) -> list[str]:
     >>> split_specs("tera(out_modes=(8, 8, 6)), lora(r=8)")
     ['tera(out_modes=(8, 8, 6))', 'lora(r=8)']
     """
-    parts, depth, quote, current = [], 0, "", []
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote

@@ -1,38 +1,45 @@
-"""Named budgets for ``tera compare``: smoke (tests), default (<= 10 min), paper-small (~1 h)."""
+"""Named budgets for ``tera compare``: smoke (tests), default, paper-small, paper-gpu.
+
+Each preset says what it runs and how long it takes, measured (see :data:`PRESETS`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from tera.compare.train import TrainSettings
 
-__all__ = ["PRESETS", "Preset"]
+__all__ = ["PRESETS", "Preset", "preset_from_dict"]
 
 
 @dataclass(frozen=True)
 class Preset:
-    """What a preset runs.
+    """What a comparison runs.
 
     Attributes
     ----------
     model : str
-        ``"minilm"``, ``"smollm2"``, or ``"tiny"`` / ``"tiny-lm"`` (random, for tests).
+        A bundled model (``"minilm"``, ``"smollm2"``, or ``"tiny"`` / ``"tiny-lm"``: random,
+        for tests) or a local Hugging Face model folder.
     tasks : tuple of str
-        BIG-bench task names (``"synthetic"`` is a built-in toy task).
+        BIG-bench task names, ``"synthetic"`` (a built-in toy task) or JSONL/CSV task files.
     methods : tuple of str
-        Method names (see :data:`tera.compare.methods.METHODS`).
-    n_train : int
-        Training examples.
-    n_validation : int
-        Validation examples (the learning-rate search).
-    n_test : int
-        Test examples (the reported accuracy; fixed across seeds and methods).
+        Method specs (:mod:`tera.compare.methods`), e.g. ``("tera", "vera(r=1024)")``.
+    n_train, n_validation, n_test : int
+        Split sizes (a smaller task is split in the same proportions).
     seeds : int
-        Seeds per method and task.
-    search_steps : int
-        Steps of each learning-rate trial on the validation split.
+        Seeds per method and task (seed 0 is the learning-rate search's winning trial).
     settings : TrainSettings
-        The training budget of the reported runs.
+        The training budget every run gets (the learning-rate trials too).
+    kind : str, optional
+        ``"classifier"`` or ``"causal_lm"``, overriding what the model's config says.
+    targets : tuple of str, optional
+        The adapted modules; ``None``: the query and value projections found by name.
+    budget : str
+        How long the preset takes, measured (shown by ``tera compare --help``).
     """
 
     model: str
@@ -42,14 +49,28 @@ class Preset:
     n_validation: int
     n_test: int
     seeds: int
-    search_steps: int
     settings: TrainSettings
+    kind: str | None = None
+    targets: tuple[str, ...] | None = None
+    budget: str = ""
 
     def with_overrides(self, **changes: object) -> Preset:
         """A copy with some fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
 
+def preset_from_dict(data: Mapping[str, Any]) -> Preset:
+    """Rebuild a :class:`Preset` from ``dataclasses.asdict`` output (``compare.json``)."""
+    fields = dict(data)
+    fields["settings"] = TrainSettings(**fields["settings"])
+    for name in ("tasks", "methods", "targets"):
+        if fields.get(name) is not None:
+            fields[name] = tuple(fields[name])
+    known = {f.name for f in dataclasses.fields(Preset)}
+    return Preset(**{k: v for k, v in fields.items() if k in known})
+
+
+DEFAULT_METHODS = ("tera", "vera", "hira", "lora", "head")
 ALL = ("tera", "vera", "hira", "hira1", "lora", "head")
 
 PRESETS: dict[str, Preset] = {
@@ -61,39 +82,58 @@ PRESETS: dict[str, Preset] = {
         n_validation=64,
         n_test=128,
         seeds=2,
-        search_steps=10,
         settings=TrainSettings(
             steps=20, batch_size=16, max_length=16, warmup_steps=2, progress=False
         ),
+        budget="about 1 min on 2 CPU cores",
     ),
     "default": Preset(
         model="minilm",
         tasks=("multiemo/all_sentence_en",),
-        methods=ALL,
+        methods=DEFAULT_METHODS,
         n_train=2000,
         n_validation=200,
-        n_test=800,
-        seeds=1,
-        search_steps=40,
-        # ~0.35 s per adapter step on 2 cores (MiniLM, batch 16, <= 32 tokens): 14 lr trials
-        # of 40 steps (TeRA and VeRA try three rates) and 6 runs of 150: <= 10 min total
-        settings=TrainSettings(steps=150, batch_size=16, max_length=32, warmup_steps=10),
+        n_test=600,
+        seeds=3,
+        settings=TrainSettings(steps=100, batch_size=16, max_length=32, warmup_steps=10),
+        budget="about 15 min on 2 CPU cores",
     ),
     "paper-small": Preset(
         model="smollm2",
-        tasks=("social_iqa", "strategyqa", "winowhy"),  # commonsense, >= 1,900 examples each
-        methods=ALL,
+        tasks=("social_iqa", "strategyqa"),
+        methods=("tera", "vera", "lora", "head"),
         n_train=1000,
-        n_validation=128,
+        n_validation=100,
         n_test=300,
         seeds=3,
-        search_steps=30,
         settings=TrainSettings(
-            steps=150, batch_size=8, max_length=96, warmup_steps=15, eval_batch_size=16
+            steps=100, batch_size=4, max_length=96, warmup_steps=10, eval_batch_size=16
         ),
+        budget="about 7 h on 2 CPU cores (estimated from a measured step), ~20 min on one GPU",
+    ),
+    "paper-gpu": Preset(
+        model="smollm2",
+        tasks=("social_iqa", "strategyqa", "winowhy", "logical_deduction/three_objects"),
+        methods=("tera", "vera", "hira", "lora", "head"),
+        n_train=4000,
+        n_validation=300,
+        n_test=1000,
+        seeds=3,
+        settings=TrainSettings(
+            steps=1000,
+            batch_size=16,
+            max_length=128,
+            warmup_steps=100,
+            eval_batch_size=64,
+            device="cuda",
+            dtype="bf16",
+        ),
+        budget="not yet measured on a GPU (estimated several hours on one H100)",
     ),
 }
-"""The named presets, ``smoke`` (tiny random model, synthetic task, < 1 min; the tests run
-it), ``default`` (MiniLM on MultiEmo, every method, <= 10 min on 2 cores) and
-``paper-small`` (SmolLM2-135M on three commonsense tasks, 3 seeds, about an hour).
+"""The named presets. ``smoke``: tiny random model, synthetic task (the tests run it).
+``default``: MiniLM on MultiEmo, five methods, 3 seeds (``make compare``). ``paper-small``:
+SmolLM2-135M on two commonsense tasks, 3 seeds. ``paper-gpu``: the paper's protocol more
+closely (several tasks, 3 seeds, 1,000 steps, bf16 on CUDA, learning-rate grids around
+1e-3 are the methods' own). Each preset's ``budget`` says how long it takes.
 """

@@ -13,9 +13,15 @@ from tera.compare.plots import write_plots
 __all__ = [
     "MIN_PAIRS",
     "markdown_table",
+    "mean_interval",
+    "not_learning",
     "p_value_cell",
     "paired_accuracies",
+    "paired_test",
+    "paired_tests",
+    "reference_method",
     "summary_line",
+    "verdict_lines",
     "wilcoxon_vs_tera",
     "write_reports",
 ]
@@ -121,14 +127,177 @@ def p_value_cell(results: dict[str, Any], name: str) -> str:
     return "n/a (all pairs tied)" if p is None else f"{p:.3g}"
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    """The comparison as a Markdown table shaped like the paper's Table 2.
+def reference_method(results: dict[str, Any]) -> str | None:
+    """The method every other is tested against: ``tera`` when it ran, else the first one."""
+    names = list(results["methods"])
+    if not names:
+        return None
+    return "tera" if "tera" in names else names[0]
 
-    Accuracies are in percent, mean ± std over seeds; "Params (%)" counts the adapter only
-    (``100 * adapter / (base + adapter)``), the task head is listed apart. "p (vs TeRA)" is
-    the Wilcoxon signed-rank p-value over (task, seed) pairs (:func:`p_value_cell`), "Train
-    MB" the memory training holds beyond the base model (see
-    :func:`~tera.compare.train.train_run`).
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its two-sided Student-t confidence interval (0 for one value).
+
+    Examples
+    --------
+    >>> m, h = mean_interval([60.0, 62.0, 64.0])
+    >>> m, round(h, 2)
+    (62.0, 4.97)
+    """
+    from scipy.stats import t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    return mean, float(t.ppf(0.5 + level / 2, len(values) - 1) * sem)
+
+
+def paired_test(pairs: list[tuple[float, float]]) -> dict[str, float | int | None]:
+    """Paired t-test of ``a - b`` over ``pairs``: mean difference, 95% CI, p, n (in points).
+
+    Differences are in percentage points. ``p`` and the interval are ``None`` with fewer
+    than two pairs; with identical differences (zero spread) the interval is the point and
+    ``p`` is 0 (a nonzero difference every time) or 1 (none). The Wilcoxon signed-rank p is
+    given too: it assumes no normality but cannot go below ``2 / 2**n`` (0.25 at n = 3).
+
+    Examples
+    --------
+    >>> r = paired_test([(0.60, 0.66), (0.62, 0.67), (0.61, 0.66)])
+    >>> round(r["mean"], 2), r["n"], r["p"] < 0.01
+    (-5.33, 3, True)
+    """
+    from scipy.stats import t, wilcoxon
+
+    diffs = [100 * (a - b) for a, b in pairs]
+    n = len(diffs)
+    out: dict[str, float | int | None] = {
+        "n": n, "mean": statistics.fmean(diffs) if diffs else None,
+        "low": None, "high": None, "p": None, "wilcoxon_p": None,
+    }  # fmt: skip
+    if n < 2:
+        return out
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:
+        out.update(low=mean, high=mean, p=0.0 if mean else 1.0)
+    else:
+        sem = sd / math.sqrt(n)
+        half = float(t.ppf(0.975, n - 1)) * sem
+        out.update(low=mean - half, high=mean + half, p=float(2 * t.sf(abs(mean) / sem, n - 1)))
+    if any(diffs):
+        out["wilcoxon_p"] = float(wilcoxon(diffs, zero_method="zsplit").pvalue)
+    return out
+
+
+def paired_tests(results: dict[str, Any]) -> dict[str, dict[str, float | int | None]]:
+    """:func:`paired_test` of the reference method (:func:`reference_method`) against each other.
+
+    Pairs are the (task, seed) runs both made (:func:`paired_accuracies`).
+    """
+    ref = reference_method(results)
+    if ref is None:
+        return {}
+    return {
+        name: paired_test(paired_accuracies(results, name, against=ref))
+        for name in results["methods"]
+        if name != ref
+    }
+
+
+def _cell_means(entry: dict[str, Any], task: str) -> list[float]:
+    return [100 * a for a in entry["tasks"].get(task, {}).get("accuracy", [])]
+
+
+def _floors(results: dict[str, Any], task: str) -> dict[str, float]:
+    """What a method must beat on ``task``: the majority class and the zero-shot model."""
+    floors = {"majority class": 100 * results["tasks"][task]["majority_accuracy"]}
+    for e in results["methods"].values():
+        if not e.get("trains", True) and task in e["tasks"]:
+            floors["zero-shot"] = statistics.fmean(_cell_means(e, task))
+    return floors
+
+
+def not_learning(results: dict[str, Any]) -> dict[str, list[str]]:
+    """Per task, the trained methods whose mean test accuracy does not beat the floor.
+
+    The floor is the majority class, or the zero-shot model when it ran and scored higher.
+
+    Examples
+    --------
+    >>> r = {"tasks": {"t": {"majority_accuracy": 0.5}}, "methods": {
+    ...     "tera": {"trains": True, "tasks": {"t": {"accuracy": [0.5, 0.5]}}},
+    ...     "lora": {"trains": True, "tasks": {"t": {"accuracy": [0.7, 0.8]}}}}}
+    >>> not_learning(r)
+    {'t': ['tera']}
+    """
+    out: dict[str, list[str]] = {}
+    for task in results["tasks"]:
+        floor = max(_floors(results, task).values())
+        out[task] = [
+            name
+            for name, e in results["methods"].items()
+            if e.get("trains", True)
+            and _cell_means(e, task)
+            and statistics.fmean(_cell_means(e, task)) <= floor + 1e-9
+        ]
+    return out
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """One line per method: the reference against it, with the paired test's numbers.
+
+    Examples
+    --------
+    >>> acc = lambda *a: {"t": {"seeds": [0, 1, 2], "accuracy": list(a)}}
+    >>> r = {"tasks": {"t": {"majority_accuracy": 0.3}}, "methods": {
+    ...     "tera": {"label": "TeRA", "adapter_params": 100, "tasks": acc(0.60, 0.62, 0.61)},
+    ...     "vera": {"label": "VeRA", "adapter_params": 200, "tasks": acc(0.66, 0.67, 0.66)}}}
+    >>> print(verdict_lines(r)[0])  # doctest: +ELLIPSIS
+    TeRA vs VeRA: -5.3 points, 95% CI [-6.8, -3.9], p = 0.0039, n = 3: TeRA is worse (...)
+    """
+    ref = reference_method(results)
+    if ref is None:
+        return []
+    mine = results["methods"][ref]
+    lines = []
+    for name, test in paired_tests(results).items():
+        other = results["methods"][name]
+        head = f"{mine['label']} vs {other['label']}"
+        if not test["n"]:
+            lines.append(f"{head}: no paired runs")
+            continue
+        if test["p"] is None:
+            lines.append(f"{head}: {test['mean']:+.1f} points, n = 1: too few runs to test")
+            continue
+        p, low, high = float(test["p"]), float(test["low"] or 0), float(test["high"] or 0)
+        if p < 0.05:
+            word = f"{mine['label']} is {'better' if float(test['mean'] or 0) > 0 else 'worse'}"
+        else:
+            word = "no significant difference at the 5% level"
+        line = (
+            f"{head}: {float(test['mean'] or 0):+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}], "
+            f"p = {p:.2g}, n = {test['n']}: {word}"
+        )
+        a, b = mine.get("adapter_params", 0), other.get("adapter_params", 0)
+        if a and b:
+            line += f" ({mine['label']} has {a / b:.2g}x the parameters)"
+        elif a and not b:
+            line += f" ({other['label']} trains no adapter)"
+        lines.append(line)
+    return lines
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The comparison as Markdown: warnings, a table like the paper's Table 2, verdicts.
+
+    Accuracies are in percent, mean ± the half-width of the 95% Student-t interval over
+    seeds; "Params (%)" counts the adapter only (``100 * adapter / (base + adapter)``), the
+    task head is listed apart. "Δ vs <reference>" is the reference's mean paired
+    difference against the row's method with its 95% interval and the paired t-test's p
+    (:func:`paired_test`); "Train MB" is the memory training holds beyond the base model
+    (see :func:`~tera.compare.train.train_run`). A cell marked "≤ floor" did not beat the
+    majority class (or the zero-shot model); when no method did, the report opens with a
+    warning.
 
     Examples
     --------
@@ -136,54 +305,83 @@ def markdown_table(results: dict[str, Any]) -> str:
     >>> entry = {"label": "TeRA", "adapter_params": 10, "head_params": 5, "base_params": 990,
     ...          "tasks": {"t": {"accuracy": [0.5, 0.6], "lr": 0.01, "train_seconds": [1, 1],
     ...                          "train_memory_mb": [2.0, 2.0]}}}
-    >>> results = {"tasks": {"t": {"majority_accuracy": 0.5}}, "methods": {"tera": entry}}
+    >>> results = {"tasks": {"t": {"majority_accuracy": 0.4}}, "methods": {"tera": entry}}
     >>> print(markdown_table(results).splitlines()[2])
-    | TeRA | 1.0000 | 5 | 55.00 ± 7.07 | 55.00 | - | 1 | 2.0 |
+    | TeRA | 1.0000 | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 2.0 |
     """
     tasks = list(results["tasks"])
+    ref = reference_method(results)
+    ref_label = results["methods"][ref]["label"] if ref else "-"
+    tests = paired_tests(results)
+    stuck = not_learning(results)
+    lines: list[str] = []
+    for task in tasks:
+        trained = [n for n, e in results["methods"].items() if e.get("trains", True)]
+        if trained and set(trained) <= set(stuck[task]):
+            floors = ", ".join(f"{k} {v:.2f}" for k, v in _floors(results, task).items())
+            lines += [
+                f"> **Warning: no method learned {task}.** Every trained method's mean test "
+                f"accuracy is at or below the floor ({floors}); this table measures nothing "
+                "about the methods. Give it more steps or data, or another task.",
+                "",
+            ]
     header = [
         "Method",
         "Params (%)",
         "Head params",
         *tasks,
         "Average",
-        "p (vs TeRA)",
+        f"Δ vs {ref_label} [95% CI]",
+        "p",
         "Train s",
         "Train MB",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in results["methods"].items():
         cells = [entry["label"], f"{_percent(entry):.4f}", f"{entry.get('head_params', 0):,d}"]
         means = []
         for task in tasks:
-            accs = entry["tasks"].get(task, {}).get("accuracy", [])
-            if accs:
-                m, s = _mean_std([100 * a for a in accs])
-                means.append(m)
-                cells.append(f"{m:.2f} ± {s:.2f}" if len(accs) > 1 else f"{m:.2f}")
-            else:
+            accs = _cell_means(entry, task)
+            if not accs:
                 cells.append("-")
+                continue
+            m, h = mean_interval(accs)
+            means.append(m)
+            cell = f"{m:.2f} ± {h:.2f}" if len(accs) > 1 else f"{m:.2f}"
+            if name in stuck.get(task, []):
+                cell += " (≤ floor)"
+            cells.append(cell)
         cells.append(f"{statistics.fmean(means):.2f}" if means else "-")
-        cells.append(p_value_cell(results, name))
+        test = tests.get(name)
+        if test is None or test["mean"] is None:
+            cells += ["-", "-"]
+        elif test["low"] is None:
+            cells += [f"{float(test['mean']):+.2f}", "n/a (1 pair)"]
+        else:  # the reference minus the row's method, in points
+            low, high, p = (float(test[k] or 0) for k in ("low", "high", "p"))
+            cells.append(f"{float(test['mean']):+.2f} [{low:+.2f}, {high:+.2f}]")
+            cells.append(f"{p:.2g}")
         trains = entry.get("trains", True)
-        secs = [s for t in entry["tasks"].values() for s in t["train_seconds"]]
+        secs = [s for t in entry["tasks"].values() for s in t.get("train_seconds", [])]
         mem = [m for t in entry["tasks"].values() for m in t.get("train_memory_mb", [])]
         cells.append(f"{statistics.fmean(secs):.0f}" if secs and trains else "-")
         cells.append(f"{max(mem):.1f}" if mem and trains else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    majority = ", ".join(
-        f"{t}: {100 * v['majority_accuracy']:.1f}" for t, v in results["tasks"].items()
-    )
+    verdicts = verdict_lines(results)
+    if verdicts:
+        lines += [
+            "",
+            f"**Verdicts** ({ref_label} against each method, paired over (task, seed)):",
+            "",
+        ]
+        lines += [f"- {v}" for v in verdicts]
     lines.append("")
-    lines.append(
-        f"Majority-class accuracy (%): {majority}. Learning rates chosen on validation: "
-        + "; ".join(
-            f"{e['label']} " + ", ".join(f"{t['lr']:g}" for t in e["tasks"].values())
-            for e in results["methods"].values()
-            if e.get("trains", True)
-        )
-        + "."
+    floors = "; ".join(
+        f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in _floors(results, t).items()) for t in tasks
     )
+    lines.append(f"Floors (test accuracy, %): {floors}.")
+    lines.append("")
+    lines.append("Learning rates chosen on validation: " + _lr_notes(results) + ".")
     if any(not e.get("trains", True) for e in results["methods"].values()):
         lines.append("")
         lines.append(
@@ -192,12 +390,35 @@ def markdown_table(results: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        f"p (vs TeRA): two-sided Wilcoxon signed-rank test over the (task, seed) pairs both "
-        f"methods ran, reported from {MIN_PAIRS} pairs on. Train MB: what training holds "
-        "beyond the base model, measured in the first step: tensors saved for backward "
-        "(activations), gradients, AdamW state and the adapter's own weights."
+        f"Accuracy cells: mean ± half-width of the 95% Student-t interval over seeds. "
+        f"Δ and p: {ref_label} minus the row's method in points, paired over the (task, seed) "
+        "runs both made, with the paired t-test's 95% interval and two-sided p (the Wilcoxon "
+        "signed-rank p is in results.json). Train MB: what training holds beyond the base "
+        "model, measured in the first step: tensors saved for backward (activations), "
+        "gradients, AdamW state and the adapter's own weights."
     )
     return "\n".join(lines) + "\n"
+
+
+def _lr_notes(results: dict[str, Any]) -> str:
+    notes = []
+    for e in results["methods"].values():
+        if not e.get("trains", True):
+            continue
+        parts = []
+        for t in e["tasks"].values():
+            if t.get("lr") is None:
+                continue
+            text = f"{t['lr']:g}"
+            if t.get("lr_extended") is not None:
+                grid = ", ".join(sorted(t.get("lr_search", {}), key=float))
+                text += (
+                    f" (best on the grid's edge: extended to {t['lr_extended']:g}; tried {grid})"
+                )
+            parts.append(text)
+        if parts:
+            notes.append(f"{e['label']} " + ", ".join(parts))
+    return "; ".join(notes) if notes else "none"
 
 
 def summary_line(results: dict[str, Any]) -> str:
@@ -232,6 +453,10 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
     The plots are written by :func:`~tera.compare.plots.write_plots`.
     """
     results["wilcoxon_vs_tera"] = wilcoxon_vs_tera(results)
+    results["reference"] = reference_method(results)
+    results["paired_tests"] = paired_tests(results)
+    results["verdicts"] = verdict_lines(results)
+    results["not_learning"] = not_learning(results)
     results["plots"] = write_plots(results, out)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
     (out / "results.md").write_text(markdown_table(results))

@@ -1,20 +1,68 @@
-"""``compare``: every method, same model, same splits, same budget; lr tuned on validation."""
+"""``compare``: every method, same model, same splits, same budget; lr chosen on validation.
+
+The protocol, for every task and method:
+
+1. **Learning-rate search on the validation split.** One run per rate of the method's grid,
+   each with the *full* training schedule (seed 0), scored on the validation split
+   (accuracy, ties broken by the validation loss). Short trials would end at the majority
+   class for most rates and reward the largest one; full-length trials cannot be won that
+   way. When the best rate sits on the grid's edge, the grid is extended by one point
+   beyond it (the report says so).
+2. **Seeds.** The seed-0 run at the chosen rate *is* the winning trial (the same seed, rate
+   and budget give the same model), evaluated once on the test split; seeds 1, 2, ... are
+   trained at that rate. The test split is used for nothing but these numbers.
+3. **Everything persists.** Each finished run is written to ``<out>/runs/`` as it
+   finishes (the trials with their trained tensors), so :func:`compare` with
+   ``resume=True`` continues an interrupted comparison and never redoes a finished run.
+
+Examples
+--------
+>>> import tempfile
+>>> from tera.compare.presets import PRESETS
+>>> from tera.compare.run import compare
+>>> preset = PRESETS["smoke"].with_overrides(methods=("tera", "head"), seeds=1)
+>>> with tempfile.TemporaryDirectory() as out:
+...     results = compare(preset, out, log=lambda line: None)
+>>> [e["label"] for e in results["methods"].values()]
+['TeRA', 'Head only']
+>>> sorted(results["methods"]["tera"]["tasks"]["synthetic"]["lr_search"])
+['0.01', '0.03', '0.1']
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
+import os
 import platform
+import re
+import shutil
 import time
-from collections.abc import Callable
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from tera import __version__
-from tera.compare.data import Task, load_bigbench_task, make_splits, synthetic_task
-from tera.compare.methods import Method, for_model_kind, parse_methods
+from tera.compare.data import (
+    Example,
+    Splits,
+    Task,
+    load_bigbench_task,
+    load_task_file,
+    make_splits,
+    synthetic_task,
+)
+from tera.compare.datafile import TASK_FILE_SUFFIXES
+from tera.compare.folder import is_model_folder, load_model_folder
+from tera.compare.methods import Method, for_model_kind, method_config, parse_methods
 from tera.compare.models import (
     LoadedModel,
     load_minilm_classifier,
@@ -23,9 +71,28 @@ from tera.compare.models import (
     tiny_classifier,
 )
 from tera.compare.presets import Preset
-from tera.compare.train import RunResult, train_run
+from tera.compare.train import (
+    _ranks,
+    _weight_bytes,
+    evaluate,
+    load_for_run,
+    prepare,
+    train,
+    trainable_state,
+)
+from tera.errors import LoadError, TeraError
 
-__all__ = ["MODEL_KINDS", "compare", "load_task", "model_loader"]
+__all__ = [
+    "MODEL_KINDS",
+    "ComparisonExistsError",
+    "compare",
+    "constant_baseline",
+    "fit_split_sizes",
+    "load_task",
+    "model_kind",
+    "model_loader",
+    "saved_preset",
+]
 
 MODEL_KINDS: dict[str, str] = {
     "minilm": "classifier",
@@ -33,14 +100,19 @@ MODEL_KINDS: dict[str, str] = {
     "smollm2": "causal_lm",
     "tiny-lm": "causal_lm",
 }
-"""What each model of ``--model`` is. A classifier gets a new task head; a causal LM is
-fine-tuned on ``question -> answer`` text and scored by likelihood.
+"""The bundled models of ``--model`` and their kinds. A classifier gets a new task head; a
+causal LM is fine-tuned on ``question -> answer`` text and scored by likelihood. Any local
+Hugging Face model folder works too (:mod:`tera.compare.folder`).
 """
-CLASSIFIERS = tuple(m for m, kind in MODEL_KINDS.items() if kind == "classifier")
+_FORMAT = 1
+
+
+class ComparisonExistsError(TeraError, ValueError):
+    """The output folder already holds a comparison (resume it, or overwrite it)."""
 
 
 def load_task(name: str) -> Task:
-    """A BIG-bench task by name, or the built-in ``synthetic`` task.
+    """A task by name: a BIG-bench task, ``synthetic``, or a JSONL/CSV file of your own.
 
     Examples
     --------
@@ -49,10 +121,36 @@ def load_task(name: str) -> Task:
     >>> task.name, len(task.fixed_choices)
     ('synthetic', 4)
     """
-    return synthetic_task() if name == "synthetic" else load_bigbench_task(name)
+    if name == "synthetic":
+        return synthetic_task()
+    if name.lower().endswith(TASK_FILE_SUFFIXES) or (os.sep in name and Path(name).exists()):
+        return load_task_file(name)
+    return load_bigbench_task(name)
 
 
-def model_loader(model: str, task: Task, seed: int) -> Callable[[], LoadedModel]:
+def model_kind(model: str, kind: str | None = None) -> str:
+    """``"classifier"`` or ``"causal_lm"`` for a bundled model name or a model folder."""
+    if kind is not None:
+        return kind
+    if model in MODEL_KINDS:
+        return MODEL_KINDS[model]
+    if is_model_folder(model):
+        from tera.compare.folder import _config, detect_kind
+
+        return detect_kind(_config(Path(model).expanduser()))
+    raise LoadError(
+        f"unknown model {model!r}; choose from {', '.join(MODEL_KINDS)} or give a local Hugging "
+        "Face model folder (config.json, weights and tokenizer)"
+    )
+
+
+def model_loader(
+    model: str,
+    task: Task,
+    seed: int,
+    kind: str | None = None,
+    targets: Sequence[str] | None = None,
+) -> Callable[[], LoadedModel]:
     """A function returning a fresh copy of ``model`` set up for ``task``.
 
     Examples
@@ -63,68 +161,395 @@ def model_loader(model: str, task: Task, seed: int) -> Callable[[], LoadedModel]
     ('classifier', 4)
     """
     n_labels = len(task.fixed_choices or ())
-    if model in CLASSIFIERS and not n_labels:
-        raise ValueError(
+    resolved = model_kind(model, kind)
+    if resolved == "classifier" and not n_labels:
+        raise LoadError(
             f"task {task.name!r} is multiple choice (its choices vary per example); use a "
-            "causal LM (--model smollm2) for it"
+            "causal LM (--model smollm2, or a causal LM folder) for it"
         )
+    if model not in MODEL_KINDS:
+        return partial(load_model_folder, model, n_labels or None, seed, resolved, targets)
+    if kind is not None and kind != MODEL_KINDS[model]:
+        raise LoadError(f"--kind {kind} does not fit the bundled {model} ({MODEL_KINDS[model]})")
     loaders: dict[str, Callable[[], LoadedModel]] = {
         "minilm": partial(load_minilm_classifier, n_labels, seed),
         "tiny": partial(tiny_classifier, n_labels, seed),
         "smollm2": load_smollm2,
         "tiny-lm": partial(tiny_causal_lm, seed),
     }
-    if model not in loaders:
-        raise ValueError(f"unknown model {model!r}; choose from {', '.join(loaders)}")
-    return loaders[model]
+    load = loaders[model]
+    if targets is None:
+        return load
+    return partial(_with_targets, load, tuple(targets))
 
 
-def _search_lr(
-    method: Method,
+def _with_targets(load: Callable[[], LoadedModel], targets: tuple[str, ...]) -> LoadedModel:
+    from tera.compare.folder import find_targets
+
+    loaded = load()
+    loaded.target_modules = find_targets(loaded.model, targets)
+    return loaded
+
+
+def fit_split_sizes(
+    n_rows: int, n_train: int, n_validation: int, n_test: int
+) -> tuple[int, int, int]:
+    """Split sizes that fit ``n_rows``: the requested ones, or shrunk in proportion.
+
+    A task with fewer rows than requested keeps the ratio of the requested sizes (test and
+    validation at least one example each), so a small file of your own still gets a
+    train, a validation and a test split.
+
+    Examples
+    --------
+    >>> fit_split_sizes(10_000, 2000, 200, 800)
+    (2000, 200, 800)
+    >>> fit_split_sizes(100, 2000, 200, 800)
+    (66, 7, 27)
+    """
+    total = n_train + n_validation + n_test
+    if total <= n_rows:
+        return n_train, n_validation, n_test
+    if n_rows < 3:
+        raise LoadError(f"a task needs at least 3 rows (train, validation, test), got {n_rows}")
+    test = max(1, math.floor(n_rows * n_test / total))
+    validation = max(1, math.floor(n_rows * n_validation / total))
+    return n_rows - test - validation, validation, test
+
+
+def _answer_key(example: Example, fixed: bool) -> Any:
+    return example.answer if fixed else example.label
+
+
+def constant_baseline(train: Sequence[Example], evaluation: Sequence[Example]) -> float:
+    """Accuracy on ``evaluation`` of always giving the training split's most common answer.
+
+    The answer is a label for classification tasks and a choice position for
+    multiple-choice ones: the "majority class" a method must beat to have learned anything.
+
+    Examples
+    --------
+    >>> from tera.compare.data import Example
+    >>> tr = [Example("a", ("x", "y"), 0)] * 3 + [Example("b", ("x", "y"), 1)]
+    >>> constant_baseline(tr, [Example("c", ("x", "y"), 0), Example("d", ("x", "y"), 1)])
+    0.5
+    """
+    if not train or not evaluation:
+        return 0.0
+    fixed = all(e.choices == train[0].choices for e in (*train, *evaluation))
+    common = Counter(_answer_key(e, fixed) for e in train).most_common(1)[0][0]
+    hits = 0
+    for e in evaluation:
+        answers = {
+            _answer_key(Example(e.text, e.choices, i), fixed) for i in (e.label, *e.alternatives)
+        }
+        hits += common in answers
+    return hits / len(evaluation)
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def _slug(text: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:48]
+    return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(_jsonable(data), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _preset_dict(preset: Preset) -> dict[str, Any]:
+    return _jsonable(dataclasses.asdict(preset))  # type: ignore[no-any-return]
+
+
+def _lr_text(lr: float) -> str:
+    return f"{lr:g}"
+
+
+class _Runner:
+    """Runs (or reads back) each run of a comparison; one record file per finished run."""
+
+    def __init__(
+        self,
+        preset: Preset,
+        out: Path,
+        log: Callable[[str], None],
+        on_run: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.preset, self.out, self.log, self.on_run = preset, out, log, on_run
+        self.settings = preset.settings
+        self.done = 0
+        self.reused = 0
+
+    def _path(self, task: str, method: Method, purpose: str) -> Path:
+        return self.out / "runs" / _slug(task) / _slug(method.name) / f"{purpose}.json"
+
+    def record(
+        self, task: str, method: Method, purpose: str, run: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        path = self._path(task, method, purpose)
+        if path.is_file():
+            self.reused += 1
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+        data = run()
+        data.update(task=task, method=method.name, purpose=purpose)
+        _write_json(path, data)
+        self.done += 1
+        if self.on_run is not None:
+            self.on_run(data)
+        return data
+
+    def state_path(self, task: str, method: Method, lr: float) -> Path:
+        return self._path(task, method, f"trial-lr={_lr_text(lr)}").with_suffix(".safetensors")
+
+    # -- one run -------------------------------------------------------------------------
+    def _train(
+        self,
+        load: Callable[[], LoadedModel],
+        method: Method,
+        splits: Splits,
+        lr: float,
+        seed: int,
+        desc: str,
+    ) -> tuple[Any, Any, LoadedModel, dict[str, Any]]:
+        torch.manual_seed(seed)
+        loaded = load_for_run(load, self.settings)
+        base_params = sum(p.numel() for p in loaded.model.parameters())
+        base_bytes = _weight_bytes(loaded.model)
+        model, adapted = prepare(loaded, method, seed)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
+        stats = train(model, loaded, splits.train, lr, self.settings, seed, desc)
+        if stats.memory:
+            stats.memory["adapter_weights"] = max(_weight_bytes(model) - base_bytes, 0)
+        info = {
+            "lr": lr,
+            "seed": seed,
+            "losses": stats.losses,
+            "train_seconds": stats.seconds,
+            "memory": stats.memory,
+            "adapter_params": adapter_params,
+            "head_params": trainable - adapter_params,
+            "base_params": base_params,
+        }
+        return model, adapted, loaded, info
+
+    def trial(
+        self, task: str, load: Callable[[], LoadedModel], method: Method, splits: Splits, lr: float
+    ) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            desc = f"{method.label} lr={_lr_text(lr)}"
+            model, _, loaded, info = self._train(load, method, splits, lr, 0, desc)
+            result = evaluate(model, loaded, splits.validation, self.settings, f"{desc} val")
+            state = self.state_path(task, method, lr)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state.parent / f".{state.name}.{uuid.uuid4().hex}.tmp"
+            save_file(trainable_state(model), str(tmp))
+            os.replace(tmp, state)
+            info["validation"] = dataclasses.asdict(result)
+            self.log(
+                f"  {method.label:<18} lr={_lr_text(lr):<8} validation accuracy "
+                f"{result.accuracy:.3f} (loss {result.loss:.3f}, {info['train_seconds']:.0f} s)"
+            )
+            return info
+
+        return self.record(task, method, f"trial-lr={_lr_text(lr)}", run)
+
+    def test_from_trial(
+        self,
+        task: str,
+        load: Callable[[], LoadedModel],
+        method: Method,
+        splits: Splits,
+        trial: dict[str, Any],
+    ) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            lr = float(trial["lr"])
+            loaded = load_for_run(load, self.settings)
+            model, adapted = prepare(loaded, method, 0)
+            state = load_file(str(self.state_path(task, method, lr)))
+            wanted = set(trainable_state(model))
+            if set(state) != wanted:
+                raise LoadError(
+                    f"the saved trial of {method.name} at lr={lr:g} holds {sorted(state)[:4]}..., "
+                    f"not this model's trainable tensors; delete {self.out / 'runs'} and rerun"
+                )
+            device = next(model.parameters()).device
+            model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+            result = evaluate(model, loaded, splits.test, self.settings, f"{method.label} test")
+            info = {k: v for k, v in trial.items() if k not in ("validation", "purpose")}
+            info["test"] = dataclasses.asdict(result)
+            info["ranks"] = _ranks(adapted)
+            self.log(f"  {method.label:<18} seed 0: test accuracy {result.accuracy:.3f}")
+            return info
+
+        return self.record(task, method, "test-seed=0", run)
+
+    def test_run(
+        self,
+        task: str,
+        load: Callable[[], LoadedModel],
+        method: Method,
+        splits: Splits,
+        lr: float | None,
+        seed: int,
+    ) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            desc = f"{method.label} seed {seed}"
+            model, adapted, loaded, info = self._train(load, method, splits, lr or 0.0, seed, desc)
+            result = evaluate(model, loaded, splits.test, self.settings, f"{desc} test")
+            info["test"] = dataclasses.asdict(result)
+            info["ranks"] = _ranks(adapted) if seed == 0 else {}
+            self.log(
+                f"  {method.label:<18} seed {seed}: test accuracy {result.accuracy:.3f}"
+                f" ({info['train_seconds']:.0f} s)"
+            )
+            return info
+
+        purpose = "zero-shot" if not method.trains else f"test-seed={seed}"
+        return self.record(task, method, purpose, run)
+
+
+def _pick(trials: dict[float, dict[str, Any]]) -> float:
+    """Best validation accuracy; ties go to the lower validation loss, then the lower rate."""
+
+    def key(lr: float) -> tuple[float, float, float]:
+        v = trials[lr]["validation"]
+        loss = v["loss"] if v["loss"] is not None and math.isfinite(v["loss"]) else math.inf
+        return (v["accuracy"], -loss, -lr)
+
+    return max(trials, key=key)
+
+
+def _beyond(grid: list[float], best: float) -> float:
+    ratio = grid[1] / grid[0] if len(grid) > 1 else 3.0
+    beyond = best * ratio if best == grid[-1] else best / ratio
+    return float(f"{beyond:.1g}")  # 0.1 / 3 -> 0.03: a rate one would write
+
+
+def _search(
+    runner: _Runner,
+    task: str,
     load: Callable[[], LoadedModel],
-    splits: Any,
-    preset: Preset,
-    log: Callable[[str], None],
-) -> tuple[float | None, dict[str, float]]:
-    if not method.trains:
-        return None, {}
-    if len(method.lr_grid) == 1 or preset.search_steps == 0:
-        return method.lr_grid[0], {}
-    settings = dataclasses.replace(preset.settings, steps=preset.search_steps)
-    trials: dict[str, float] = {}
-    final_loss: dict[float, float] = {}
-    for lr in method.lr_grid:
-        r = train_run(
-            load,
-            method,
-            splits.train,
-            splits.validation,
-            lr,
-            settings,
-            seed=0,
-            desc=f"{method.name} lr={lr:g}",
+    method: Method,
+    splits: Splits,
+) -> tuple[float, dict[float, dict[str, Any]], float | None]:
+    grid = sorted(method.lr_grid)
+    trials = {lr: runner.trial(task, load, method, splits, lr) for lr in grid}
+    best = _pick(trials)
+    extended = None
+    if best in (grid[0], grid[-1]):
+        extended = _beyond(grid, best)
+        runner.log(
+            f"  {method.label:<18} best rate {best:g} on the grid's edge: trying {extended:g}"
         )
-        trials[f"{lr:g}"] = r.accuracy
-        tail = r.losses[-10:] or [float("inf")]
-        final_loss[lr] = sum(tail) / len(tail)
-        log(f"  {method.label:<14} lr={lr:<8g} validation accuracy {r.accuracy:.3f}")
-    # best validation accuracy; ties (common on short budgets) go to the lower training loss
-    best = max(method.lr_grid, key=lambda lr: (trials[f"{lr:g}"], -final_loss[lr]))
-    return best, trials
+        trials[extended] = runner.trial(task, load, method, splits, extended)
+        best = _pick(trials)
+    return best, trials, extended
+
+
+def _prepare_out(out: Path, preset: Preset, resume: bool, overwrite: bool) -> None:
+    marker = out / "compare.json"
+    saved = json.loads(marker.read_text()) if marker.is_file() else None
+    if saved is not None and not resume:
+        if not overwrite:
+            raise ComparisonExistsError(
+                f"{out} already holds a comparison; continue it with `tera compare --resume "
+                f"{out}`, start it again with --overwrite, or choose another --out"
+            )
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        saved = None
+    if saved is not None:
+        mine = _preset_dict(preset)
+        differ = sorted(
+            k for k in set(mine) | set(saved["preset"]) if mine.get(k) != saved["preset"].get(k)
+        )
+        if differ:
+            raise ComparisonExistsError(
+                f"{out} holds a comparison with other settings ({', '.join(differ)} differ); "
+                "resume it as it was configured (`tera compare --resume DIR` with no other "
+                "options) or start a new one in another --out"
+            )
+    if resume and saved is None and not (out / "runs").exists():
+        raise ComparisonExistsError(f"nothing to resume in {out}: it holds no comparison")
+    out.mkdir(parents=True, exist_ok=True)
+    if saved is None:
+        _write_json(marker, {"format": _FORMAT, "preset": _preset_dict(preset)})
+
+
+def saved_preset(out: str | Path) -> Preset:
+    """The preset of the comparison saved in ``out`` (what ``--resume`` continues)."""
+    from tera.compare.presets import preset_from_dict
+
+    marker = Path(out) / "compare.json"
+    if not marker.is_file():
+        raise ComparisonExistsError(f"nothing to resume in {out}: no compare.json in it")
+    data = json.loads(marker.read_text())
+    if data.get("format") != _FORMAT:
+        raise ComparisonExistsError(
+            f"{marker} was written by another tera (format {data.get('format')})"
+        )
+    return preset_from_dict(data["preset"])
+
+
+def _check_methods(
+    methods: list[Method], load: Callable[[], LoadedModel], log: Callable[[str], None]
+) -> None:
+    """Build every method's config on the model once, before any training (fail fast)."""
+    from torch import nn
+
+    from tera.adapters import parameter_report
+
+    loaded = load()
+    targets = loaded.target_modules
+    out_sizes = sorted(
+        {
+            m.out_features
+            for n, m in loaded.model.named_modules()
+            if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)
+        }
+    )
+    for method in methods:
+        if method.kind == "head":
+            continue
+        config = method_config(method, targets, out_sizes)
+        try:
+            report = parameter_report(loaded.model, config)  # type: ignore[arg-type]
+        except TeraError as err:
+            raise type(err)(f"method {method.name}: {err}") from None
+        log(f"  {method.label:<18} {report.adapter:>10,d} adapter parameters")
 
 
 def compare(
     preset: Preset,
     out: str | Path,
     log: Callable[[str], None] = print,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the comparison described by ``preset`` and write the reports to ``out``.
 
-    For every task and method: pick the learning rate from the method's grid on the
-    validation split (``preset.search_steps`` steps per point, seed 0), then train
-    ``preset.seeds`` runs at that rate with the full budget and report their accuracy on
-    the test split, which nothing else looks at. On a causal LM ``head`` is the zero-shot
-    baseline (:data:`~tera.compare.methods.ZERO_SHOT`): evaluated, never trained.
+    The protocol is the module's: a full-schedule learning-rate search per method on the
+    validation split (extended by one point when the best rate is on the grid's edge), the
+    chosen rate trained with ``preset.seeds`` seeds and scored on the test split, which
+    nothing else looks at. On a causal LM ``head`` is the zero-shot baseline
+    (:data:`~tera.compare.methods.ZERO_SHOT`): evaluated once, never trained.
 
     Parameters
     ----------
@@ -132,101 +557,143 @@ def compare(
         Model, tasks, methods, split sizes, seeds and budget
         (:data:`~tera.compare.presets.PRESETS`).
     out : str or Path
-        Folder of the reports (created): ``results.json``, ``results.md`` and the plots.
+        Folder of the runs and reports (created): ``compare.json`` (the preset),
+        ``runs/`` (one record per finished run), ``results.json``, ``results.md``, plots.
     log : callable
         Receives one line per trial and run (``print`` by default).
+    resume : bool
+        Continue the comparison saved in ``out`` (its preset must be ``preset``): finished
+        runs are read back, never redone.
+    overwrite : bool
+        Discard a comparison saved in ``out`` and start again.
+    on_run : callable, optional
+        Called with each run's record right after it is written.
 
     Returns
     -------
     dict
         The content of ``results.json``.
 
-    Examples
-    --------
-    >>> import tempfile
-    >>> from tera.compare.presets import PRESETS
-    >>> from tera.compare.run import compare
-    >>> preset = PRESETS["smoke"].with_overrides(methods=("tera", "head"), seeds=1)
-    >>> with tempfile.TemporaryDirectory() as out:
-    ...     results = compare(preset, out, log=lambda line: None)
-    >>> [e["label"] for e in results["methods"].values()]
-    ['TeRA', 'Head only']
-    >>> sorted(results["methods"]["tera"]["tasks"]["synthetic"]["lr_search"])
-    ['0.01', '0.03', '0.1']
+    Raises
+    ------
+    ComparisonExistsError
+        If ``out`` holds a comparison and neither ``resume`` nor ``overwrite`` is set, or
+        ``resume`` is set and the saved preset differs.
     """
     from tera.compare.report import write_reports
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if preset.model not in MODEL_KINDS:
-        raise ValueError(f"unknown model {preset.model!r}; choose from {', '.join(MODEL_KINDS)}")
-    methods = [for_model_kind(m, MODEL_KINDS[preset.model]) for m in parse_methods(preset.methods)]
+    kind = model_kind(preset.model, preset.kind)
+    methods = [for_model_kind(m, kind) for m in parse_methods(preset.methods)]
+    _prepare_out(out, preset, resume, overwrite)
+    runner = _Runner(preset, out, log, on_run)
     start = time.perf_counter()
     results: dict[str, Any] = {
         "tera_version": __version__,
         "torch_version": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "preset": {k: v for k, v in preset.__dict__.items() if k != "settings"},
-        "settings": preset.settings.__dict__,
+        "preset": _preset_dict(preset),
+        "settings": dataclasses.asdict(preset.settings),
+        "model_kind": kind,
         "tasks": {},
         "methods": {
-            m.name: {"label": m.label, "lr_grid": list(m.lr_grid), "trains": m.trains, "tasks": {}}
+            m.name: {
+                "label": m.label,
+                "kind": m.kind,
+                "spec_fields": dict(m.fields),
+                "description": m.description,
+                "lr_grid": list(m.lr_grid),
+                "trains": m.trains,
+                "tasks": {},
+            }
             for m in methods
         },
     }
-    for task_name in preset.tasks:
+    for index, task_name in enumerate(preset.tasks):
         task = load_task(task_name)
-        splits = make_splits(task, preset.n_train, preset.n_validation, preset.n_test, seed=0)
-        results["tasks"][task_name] = {
+        sizes = fit_split_sizes(len(task), preset.n_train, preset.n_validation, preset.n_test)
+        n_train, n_validation, n_test = sizes
+        splits = make_splits(task, n_train, n_validation, n_test, seed=0)
+        label = task.name if task_name == task.name else task_name
+        results["tasks"][label] = {
+            "name": task.name,
+            "rows": len(task),
             "n_train": len(splits.train),
             "n_validation": len(splits.validation),
             "n_test": len(splits.test),
-            "majority_accuracy": task.majority_accuracy,
+            "majority_accuracy": constant_baseline(splits.train, splits.test),
+            "validation_majority_accuracy": constant_baseline(splits.train, splits.validation),
+            "task_majority_accuracy": task.majority_accuracy,
         }
-        log(
-            f"{task_name}: {len(splits.train)} train / {len(splits.validation)} validation"
-            f" / {len(splits.test)} test"
+        shrunk = (
+            ""
+            if sum(sizes) == preset.n_train + preset.n_validation + preset.n_test
+            else (" (the task is smaller than the preset's splits: shrunk in proportion)")
         )
+        log(
+            f"{label}: {len(task)} rows; {len(splits.train)} train / {len(splits.validation)} "
+            f"validation / {len(splits.test)} test{shrunk}"
+        )
+        loaders = {
+            s: model_loader(preset.model, task, s, preset.kind, preset.targets)
+            for s in range(max(preset.seeds, 1))
+        }
+        if index == 0:
+            _check_methods(methods, loaders[0], log)
         for method in methods:
-            load = model_loader(preset.model, task, seed=0)
-            lr, trials = _search_lr(method, load, splits, preset, log)
-            runs: list[RunResult] = []
-            for seed in range(preset.seeds):
-                load = model_loader(preset.model, task, seed=seed)
-                r = train_run(
-                    load,
-                    method,
-                    splits.train,
-                    splits.test,
-                    lr or 0.0,
-                    preset.settings,
-                    seed=seed,
-                    desc=f"{method.name} seed {seed}",
-                    with_ranks=seed == 0,
-                )
-                runs.append(r)
-                log(
-                    f"  {method.label:<14} seed {seed}: test accuracy {r.accuracy:.3f}"
-                    f" ({r.train_seconds:.0f} s)"
-                )
-            entry = results["methods"][method.name]
-            entry.update(
-                adapter_params=runs[0].adapter_params,
-                head_params=runs[0].head_params,
-                trainable_params=runs[0].adapter_params + runs[0].head_params,
-                base_params=runs[0].base_params,
-            )
-            entry["tasks"][task_name] = {
-                "lr": lr,
-                "lr_search": trials,
-                "seeds": list(range(preset.seeds)),
-                "accuracy": [r.accuracy for r in runs],
-                "train_seconds": [r.train_seconds for r in runs],
-                "train_memory_mb": [r.train_memory_mb for r in runs],
-                "memory_bytes": runs[0].memory,
-                "losses": [r.losses for r in runs],
-                "ranks": runs[0].ranks,
-            }
+            entry = _run_method(runner, label, loaders, method, splits, preset)
+            results["methods"][method.name]["tasks"][label] = entry
+            first = entry.pop("_counts")
+            results["methods"][method.name].update(first)
+        results["total_seconds"] = time.perf_counter() - start
+        write_reports(results, out)  # after every task: a partial report survives a crash
     results["total_seconds"] = time.perf_counter() - start
+    results["runs_done"], results["runs_reused"] = runner.done, runner.reused
     write_reports(results, out)
     return results
+
+
+def _run_method(
+    runner: _Runner,
+    task: str,
+    loaders: dict[int, Callable[[], LoadedModel]],
+    method: Method,
+    splits: Splits,
+    preset: Preset,
+) -> dict[str, Any]:
+    seeds = list(range(max(preset.seeds, 1)))
+    trials: dict[float, dict[str, Any]] = {}
+    extended = None
+    if not method.trains:
+        once = runner.test_run(task, loaders[0], method, splits, None, 0)
+        runs = [once for _ in seeds]  # deterministic: evaluated once, the same for every seed
+        lr = None
+    elif len(method.lr_grid) == 1:
+        lr = method.lr_grid[0]
+        runs = [runner.test_run(task, loaders[s], method, splits, lr, s) for s in seeds]
+    else:
+        lr, trials, extended = _search(runner, task, loaders[0], method, splits)
+        runs = [runner.test_from_trial(task, loaders[0], method, splits, trials[lr])]
+        runs += [runner.test_run(task, loaders[s], method, splits, lr, s) for s in seeds[1:]]
+    first = runs[0]
+    entry: dict[str, Any] = {
+        "lr": lr,
+        "lr_search": {_lr_text(k): v["validation"]["accuracy"] for k, v in sorted(trials.items())},
+        "lr_search_loss": {_lr_text(k): v["validation"]["loss"] for k, v in sorted(trials.items())},
+        "lr_extended": extended,
+        "seeds": seeds,
+        "accuracy": [r["test"]["accuracy"] for r in runs],
+        "test_loss": [r["test"]["loss"] for r in runs],
+        "train_seconds": [r["train_seconds"] for r in runs],
+        "train_memory_mb": [sum(r["memory"].values()) / 2**20 for r in runs],
+        "memory_bytes": first["memory"],
+        "losses": [r["losses"] for r in runs],
+        "ranks": first.get("ranks", {}),
+        "_counts": {
+            "adapter_params": first["adapter_params"],
+            "head_params": first["head_params"],
+            "trainable_params": first["adapter_params"] + first["head_params"],
+            "base_params": first["base_params"],
+        },
+    }
+    return entry
