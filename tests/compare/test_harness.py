@@ -50,8 +50,14 @@ def test_smoke_runs_are_fair_and_complete(smoke):
         task = e["tasks"]["synthetic"]
         assert len(task["accuracy"]) == seeds
         assert all(0.0 <= a <= 1.0 for a in task["accuracy"])
-        assert task["lr"] in METHODS[name].lr_grid  # picked on validation from the method's grid
-        assert set(task["lr_search"]) == {f"{lr:g}" for lr in METHODS[name].lr_grid}
+        # picked on validation from the method's grid, extended by one point at an edge
+        grid = METHODS[name].lr_grid
+        assert task["lr"] in (*grid, task["lr_extended"])
+        tried = {f"{lr:g}" for lr in grid}
+        if task["lr_extended"] is not None:
+            assert task["lr_extended"] < min(grid) or task["lr_extended"] > max(grid)
+            tried.add(f"{task['lr_extended']:g}")
+        assert set(task["lr_search"]) == tried
         assert all(len(losses) == results["settings"]["steps"] for losses in task["losses"])
         assert e["head_params"] > 0  # every method trains the new head
         assert task["seeds"] == list(range(seeds))
@@ -117,8 +123,9 @@ def test_wilcoxon_and_table_edge_cases():
     assert p_value_cell(same, "vera") == f"n/a (needs >= {MIN_PAIRS} paired runs)"
     assert wilcoxon_vs_tera({**base, "methods": {"vera": entry([0.5], "VeRA")}}) == {}
     table = markdown_table(same)
-    assert "| TeRA | 0.9901 | 5 | 55.00 ± 7.07 | 55.00 | - | 1 | 1.0 |" in table
-    assert "| VeRA | 0.9901 | 5 | 55.00 ± 7.07 | 55.00 | n/a (needs >= 3 paired runs) |" in table
+    # 95% t-interval of (50, 60): 55 ± 12.706 * 5 = 55 ± 63.53; identical pairs: Δ = 0, p = 1
+    assert "| TeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 1.0 |" in table
+    assert "| VeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | +0.00 [+0.00, +0.00] | 1 | 1 | 1.0 |" in table
     assert "best: TeRA 55.00%" in summary_line(same)
     tied = {
         **base,
@@ -250,7 +257,9 @@ def test_causal_lm_path_scores_choices_by_likelihood(tmp_path):
     task = zero["tasks"]["synthetic"]
     assert task["lr"] is None and task["lr_search"] == {} and task["memory_bytes"] == {}
     assert not [line for line in lines if "Zero-shot" in line and "lr=" in line]
-    assert sum("TeRA" in line and "lr=" in line for line in lines) == 3
+    tera_task = results["methods"]["tera"]["tasks"]["synthetic"]
+    trials = 3 + (tera_task["lr_extended"] is not None)  # the grid, and its edge extension
+    assert sum("TeRA" in line and "validation accuracy" in line for line in lines) == trials
     table = (tmp_path / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| Zero-shot |"))
     assert row.endswith("| - | - |")  # no training time, no training memory
