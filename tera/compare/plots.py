@@ -239,8 +239,8 @@ def legend_overlaps(fig: Figure) -> list[str]:
     []
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    renderer = canvas.get_renderer()
+    canvas.draw()  # type: ignore[no-untyped-call]
+    renderer = canvas.get_renderer()  # type: ignore[no-untyped-call]
     legends = list(fig.legends)
     legends += [legend for ax in fig.axes if (legend := ax.get_legend()) is not None]
     found = []
