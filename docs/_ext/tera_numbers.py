@@ -180,9 +180,36 @@ STATED: dict[str, tuple[str, str]] = {
     "h100.fp32_over_bf16": (
         "14.4x",
         "an H100 running a float32 Linear(4096, 4096) training step against a bf16 one, "
-        "measured once when the engine's float32 rate was set",
+        "measured once when the engine's float32 rate was set (tera.adapters.layer)",
     ),
+    "cpu.half_gemm_slowdown": (
+        "4.5x",
+        "half-precision GEMMs against float32 on the 2-core AVX2 CPU of the benchmarks",
+    ),
+    "cpu.generic_einsum_1024": (
+        "4.4x",
+        "a prototype: TeRA (1024 | 4^5), 2048 tokens, one generic opt_einsum contraction over "
+        "all operands, against the frozen layer (before the kernel existed)",
+    ),
+    "tera_scale_spread": (
+        "10x",
+        "std of dW at d = 1 across tensorizations of one 384 x 384 layer with the paper's "
+        "per-factor Kaiming initialization: 0.14 to 2.3",
+    ),
+    "paper.unshared.llama2": ("7.7 %", "the paper, Appendix J: separate random networks"),
+    "paper.unshared.llama3": ("26.6 %", "the paper, Appendix J: separate random networks"),
+    "paper.shared.llama2": ("78.6 %", "the paper, Appendix J: shared networks"),
+    "paper.shared.llama3": ("85.3 %", "the paper, Appendix J: shared networks"),
+    "paper.tera_params_pct_dialogue": ("0.0021 %", "the paper's Params (%) for TeRA, Table 2"),
+    "multiemo.majority": ("36.8 %", "majority class of BIG-bench MultiEmo's test split"),
+    "adapter_sizes.memory": ("4.3 GB", "peak memory of benchmarks/adapter_sizes.py"),
 }
+
+
+def _engine_fp32_cost() -> float:
+    from tera.adapters.layer import FLOAT32_COST
+
+    return float(FLOAT32_COST)
 
 
 # -- The named numbers ---------------------------------------------------------------------
@@ -309,6 +336,12 @@ def _numbers() -> dict[str, Callable[[], str]]:
         n[f"llama7b.{key}.saved_factors"] = lambda v=variant: _mb(
             _float(sizes_row(v)["saved bytes with factors"])
         )
+    n["llama7b.tera.factors_only"] = lambda: _mb(
+        _float(sizes_row(TERA_7B)["saved bytes with factors"])
+        - _float(sizes_row(TERA_7B)["saved bytes"])
+    )
+    n["core4096.fp32"] = lambda: _mb(4096 * 4096 * 4)
+    n["engine.fp32_cost"] = lambda: f"{_engine_fp32_cost():g}x"
     n["llama7b.lora_over_tera.saved"] = lambda: (
         f"{_float(sizes_row('LoRA r=32')['saved bytes']) / _float(sizes_row(TERA_7B)['saved bytes']):.0f}"
     )
