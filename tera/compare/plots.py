@@ -71,8 +71,9 @@ def accuracy_plot(results: dict[str, Any]) -> Figure:
 
     Each adapter is one point (its mean over tasks and seeds) with a bar from its lowest to
     its highest run. Methods without adapter parameters (head only, zero-shot) are dashed
-    horizontal lines: the floor the adapters start from. The x ticks read ``1k``, ``10k``,
-    ``100k``; the legend sits below the axes.
+    horizontal lines: the floor the adapters start from. Methods with the same count (LoRA
+    and HiRA at one r) are drawn a few percent apart on the x axis. The x ticks read
+    ``1k``, ``10k``, ``100k``; the legend sits below the axes.
 
     Examples
     --------
@@ -88,6 +89,7 @@ def accuracy_plot(results: dict[str, Any]) -> Figure:
     fig = _figure(6.4, 4.4)
     ax = fig.subplots()
     points: list[float] = []
+    seen: dict[float, int] = {}  # methods with equal counts are spread a few percent apart
     for i, (name, e) in enumerate(results["methods"].items()):
         accs = [100 * a for t in e["tasks"].values() for a in t["accuracy"]]
         if not accs:
@@ -97,8 +99,11 @@ def accuracy_plot(results: dict[str, Any]) -> Figure:
             ax.axhline(mean, color="0.45", ls="--", lw=1.2, label=f"{e['label']} (no adapter)")
             continue
         low, high = min(accs), max(accs)
+        params = float(e["adapter_params"])
+        repeat = seen.get(params, 0)
+        seen[params] = repeat + 1
         ax.errorbar(
-            e["adapter_params"],
+            params * 1.06**repeat,
             mean,
             yerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]],
             fmt="*" if name == "tera" else _MARKERS[i % len(_MARKERS)],
