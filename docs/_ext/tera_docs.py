@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
-import re
-
+import tera_numbers
+import tera_perf
 from docutils import nodes
 from sphinx.errors import ExtensionError
 from sphinx.util import logging
-
-import tera_numbers
-import tera_perf
 
 REPO = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)

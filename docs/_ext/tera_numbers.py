@@ -102,7 +102,7 @@ def layer_ms(name: str, j: int, tokens: int, variant: str) -> float:
 
 
 def layer_xbase(name: str, j: int, tokens: int, variant: str) -> float:
-    """ms / base ms of the same (J, tokens): the ratio of the medians the table shows."""
+    """Ms / base ms of the same (J, tokens): the ratio of the medians the table shows."""
     return layer_ms(name, j, tokens, variant) / layer_ms(name, j, tokens, "base")
 
 
@@ -306,11 +306,14 @@ def _numbers() -> dict[str, Callable[[], str]]:
         lora = "LoRA (r=32)"
         for key, method in [("tera", "TeRA"), ("lora", lora), ("hira", "HiRA (r=32)")]:
             n[f"{tag}.model.{key}.ms"] = lambda f=file, m=method: _ms(model_ms(f, m))
-            n[f"{tag}.model.{key}.xlora"] = lambda f=file, m=method: _x(
-                model_ms(f, m) / model_ms(f, lora)
+            n[f"{tag}.model.{key}.xlora"] = lambda f=file, m=method, ref=lora: _x(
+                model_ms(f, m) / model_ms(f, ref)
             )
             n[f"{tag}.model.{key}.range"] = lambda f=file, m=method: _spread(model_spread(f, m))
-        for key, model in [("wrapped", "TeRA merged (wrapped layers)"), ("unloaded", "TeRA merge_and_unload()")]:
+        for key, model in [
+            ("wrapped", "TeRA merged (wrapped layers)"),
+            ("unloaded", "TeRA merge_and_unload()"),
+        ]:
             n[f"{tag}.infer.{key}.xbase"] = lambda f=file, m=model: _x(
                 model_ms(f, m, "forward ms") / model_ms(f, "base model", "forward ms")
             )
@@ -343,7 +346,7 @@ def _numbers() -> dict[str, Callable[[], str]]:
     n["core4096.fp32"] = lambda: _mb(4096 * 4096 * 4)
     n["engine.fp32_cost"] = lambda: f"{_engine_fp32_cost():g}x"
     n["llama7b.lora_over_tera.saved"] = lambda: (
-        f"{_float(sizes_row('LoRA r=32')['saved bytes']) / _float(sizes_row(TERA_7B)['saved bytes']):.0f}"
+        f"{_float(sizes_row('LoRA r=32')['saved bytes']) / _float(sizes_row(TERA_7B)['saved bytes']):.0f}"  # noqa: E501
     )
 
     # The default comparison

@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import tera_numbers as tn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-import tera_numbers as tn
 
 _TOKENS_CPU = (512, 2048, 8192)
 
@@ -60,13 +59,18 @@ def _speed_panel(ax, name: str, j: int, paired: bool) -> None:  # type: ignore[n
     tokens = sorted({int(r["tokens"]) for r in rows})
     variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "base"]
     for variant in variants:
-        ys = [
-            (tn.layer_paired if paired else tn.layer_xbase)(name, j, t, variant) for t in tokens
-        ]
+        ys = [(tn.layer_paired if paired else tn.layer_xbase)(name, j, t, variant) for t in tokens]
         family = _family(variant, j)
         color, marker, ls = _STYLE.get(family, ("0.3", "o", "-"))
-        ax.plot(tokens, ys, color=color, marker=marker, ls=ls, ms=8 if marker == "*" else 5,
-                label=family)
+        ax.plot(
+            tokens,
+            ys,
+            color=color,
+            marker=marker,
+            ls=ls,
+            ms=8 if marker == "*" else 5,
+            label=family,
+        )
     ax.axhline(1.0, color="0.5", lw=1, ls=":")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(tokens))
@@ -115,10 +119,10 @@ def memory() -> Figure:
         saved = [tn.memory_row(name, v)[1] for v in labels]
         ys = range(len(labels))
         ax.barh([y + 0.2 for y in ys], peak, height=0.4, color="tab:blue", label="peak extra")
-        ax.barh([y - 0.2 for y in ys], saved, height=0.4, color="tab:gray",
-                label="saved for backward")
-        ax.axvline(tn.TARGETS["memory_j2"], color="tab:red", ls="--", lw=1,
-                   label="target for TeRA")
+        ax.barh(
+            [y - 0.2 for y in ys], saved, height=0.4, color="tab:gray", label="saved for backward"
+        )
+        ax.axvline(tn.TARGETS["memory_j2"], color="tab:red", ls="--", lw=1, label="target for TeRA")
         ax.set_yticks(list(ys), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(r"extra memory over the frozen layer ($J^2$ floats)")
@@ -139,11 +143,19 @@ def model_step() -> Figure:
         methods = [r["method"] for r in rows]
         ms = [tn.model_ms(name, m) for m in methods]
         lora = tn.model_ms(name, "LoRA (r=32)")
-        bars = ax.barh(range(len(methods)), ms, color=["tab:red" if m == "TeRA" else "tab:blue"
-                                                       for m in methods])
+        bars = ax.barh(
+            range(len(methods)),
+            ms,
+            color=["tab:red" if m == "TeRA" else "tab:blue" for m in methods],
+        )
         for bar, value in zip(bars, ms, strict=True):
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                    f" {value / lora:.2f}x LoRA", va="center", fontsize=8)
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {value / lora:.2f}x LoRA",
+                va="center",
+                fontsize=8,
+            )
         ax.set_yticks(range(len(methods)), methods, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, max(ms) * 1.3)
@@ -169,9 +181,13 @@ def _esc(text: str) -> str:
 def layer_table(name: str, paired: bool) -> str:
     rf = tn.results_file(name)
     if paired:
-        head = "| J | tokens | variant | x base (median paired ratio) | range | FLOPs x base | path |"
+        head = (
+            "| J | tokens | variant | x base (median paired ratio) | range | FLOPs x base | path |"
+        )
     else:
-        head = "| J | tokens | variant | ms | x base (= ms / base ms) | range | FLOPs x base | path |"
+        head = (
+            "| J | tokens | variant | ms | x base (= ms / base ms) | range | FLOPs x base | path |"
+        )
     lines = [f"Machine: {rf.machine}", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rf.tables[0].rows:
         j, t, v = int(r["J"]), int(r["tokens"]), r["variant"]
@@ -188,8 +204,10 @@ def layer_table(name: str, paired: bool) -> str:
 
 def memory_table(name: str) -> str:
     table = tn.results_file(name).tables[1]
-    lines = ["| " + " | ".join(_esc(h) for h in table.header) + " |",
-             "|" + "---|" * len(table.header)]
+    lines = [
+        "| " + " | ".join(_esc(h) for h in table.header) + " |",
+        "|" + "---|" * len(table.header),
+    ]
     lines += ["| " + " | ".join(_esc(r[h]) for h in table.header) + " |" for r in table.rows]
     return "\n".join(lines) + "\n"
 
@@ -198,17 +216,27 @@ def model_table(name: str) -> str:
     rf = tn.results_file(name)
     lora = tn.model_ms(name, "LoRA (r=32)")
     base = tn.model_ms(name, "base model", "forward ms")
-    lines = [f"Machine: {rf.machine}", "", rf.notes[0] if rf.notes else "", "",
-             "| method | train step ms | x LoRA (= ms / LoRA ms) | range |", "|---|---|---|---|"]
+    lines = [
+        f"Machine: {rf.machine}",
+        "",
+        rf.notes[0] if rf.notes else "",
+        "",
+        "| method | train step ms | x LoRA (= ms / LoRA ms) | range |",
+        "|---|---|---|---|",
+    ]
     for r in rf.tables[0].rows:
         lo, hi = tn.model_spread(name, r["method"])
-        lines.append(f"| {r['method']} | {r['train step ms']} | "
-                     f"{tn.model_ms(name, r['method']) / lora:.2f} | {lo:.2f}..{hi:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['train step ms']} | "
+            f"{tn.model_ms(name, r['method']) / lora:.2f} | {lo:.2f}..{hi:.2f} |"
+        )
     lines += ["", "| model | forward ms | x base (= ms / base ms) | range |", "|---|---|---|---|"]
     for r in rf.tables[1].rows:
         lo, hi = tn.model_spread(name, r["model"])
-        lines.append(f"| {r['model']} | {r['forward ms']} | "
-                     f"{tn.model_ms(name, r['model'], 'forward ms') / base:.2f} | {lo:.2f}..{hi:.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['forward ms']} | "
+            f"{tn.model_ms(name, r['model'], 'forward ms') / base:.2f} | {lo:.2f}..{hi:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -216,7 +244,7 @@ def half_table() -> str:
     rf = tn.results_file("gpu_half_policy")
     t = rf.tables[0]
     keep = [h for h in t.header if h != "x base (min..max)"]
-    head = keep[:4] + ["x base (= ms / base ms)", "range"] + keep[4:]
+    head = [*keep[:4], "x base (= ms / base ms)", "range", *keep[4:]]
     lines = [f"Machine: {rf.machine}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base: dict[tuple[str, str], float] = {}
     for r in t.rows:
@@ -233,13 +261,21 @@ def half_table() -> str:
 
 def sizes_table() -> str:
     rf = tn.results_file("adapter_sizes")
-    lines = ["| adapter | trainable | Params (%) | all-reduced per step / held (float32) | saved "
-             "| saved with `include_factors=True` |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| adapter | trainable | Params (%) | all-reduced per step / held (float32) | saved "
+        "| saved with `include_factors=True` |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rf.tables[0].rows:
-        mb = [f"{float(r[c].replace(',', '')) / 1e6:.2f} MB" for c in
-              ("trainable bytes (float32)", "saved bytes", "saved bytes with factors")]
-        lines.append(f"| {_esc(r['adapter'])} | {r['trainable']} | {r['Params (%)']} | "
-                     + " | ".join(mb) + " |")
+        mb = [
+            f"{float(r[c].replace(',', '')) / 1e6:.2f} MB"
+            for c in ("trainable bytes (float32)", "saved bytes", "saved bytes with factors")
+        ]
+        lines.append(
+            f"| {_esc(r['adapter'])} | {r['trainable']} | {r['Params (%)']} | "
+            + " | ".join(mb)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -257,9 +293,10 @@ TABLES = {
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(
-        data
-    ).digest():
+    if (
+        not path.is_file()
+        or hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest()
+    ):
         path.write_bytes(data)
 
 
@@ -270,7 +307,7 @@ def generate(out: Path) -> list[Path]:
     for name, make in TABLES.items():
         _write_if_changed(out / name, make().encode())
         written.append(out / name)
-    sources = sorted(tn.RESULTS.glob("*.md")) + [Path(__file__)]
+    sources = [*sorted(tn.RESULTS.glob("*.md")), Path(__file__)]
     newest = max(p.stat().st_mtime for p in sources)
     for name, chart in CHARTS.items():
         path = out / name
