@@ -5,11 +5,14 @@ File sizes come from really saving each adapter on the 64 q/v projections (4096 
 the base layers are allocated but never initialized (``to_empty``), so this needs ~4.3 GB
 of RAM and no download.
 
-Run: ``.venv/bin/python benchmarks/adapter_sizes.py``
+Run: ``.venv/bin/python benchmarks/adapter_sizes.py [--out benchmarks/results/adapter_sizes.md]``
+(the docs read that file; its sizes do not depend on the machine, the seconds do and are only
+printed).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -50,8 +53,12 @@ def qv_skeleton() -> nn.Module:
     return model.to_empty(device="cpu")
 
 
-def main() -> None:
-    """Print one row per adapter."""
+def main(argv: list[str] | None = None) -> None:
+    """Print one row per adapter; with ``--out``, also write them as a Markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", help="write the table (without the seconds) to this .md file")
+    args = ap.parse_args(argv)
+    rows = []
     with torch.device("meta"):
         meta_model = LlamaForCausalLM(LLAMA2_7B)
     header = ("adapter", "trainable", "Params (%)", "safetensors", "with factors", "adapt s")
@@ -72,7 +79,19 @@ def main() -> None:
             f"{name:<24} {report.adapter:>11,d} {report.percent:>10.4f} "
             f"{sizes[0] / 1e6:>10.2f} MB {sizes[1] / 1e6:>10.2f} MB {seconds:>8.1f}"
         )
+        rows.append(
+            f"| {name.replace('|', chr(92) + '|')} | {report.adapter:,d} | {report.percent:.4f} "
+            f"| {report.adapter * 4:,d} | {sizes[0]:,d} | {sizes[1]:,d} |"
+        )
         del adapted, skeleton
+    if args.out:
+        head = (
+            "Model: Llama-2-7B (64 q/v projections, 4096 x 4096), adapter tensors float32\n\n"
+            "| adapter | trainable | Params (%) | trainable bytes (float32) | saved bytes "
+            "| saved bytes with factors |\n|---|---|---|---|---|---|\n"
+        )
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(head + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ extensions = [
     "tera_docs",  # docs/_ext/tera_docs.py: the {test} role that checks test names exist
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
+exclude_patterns = ["_build", "_generated", "results", "**.ipynb_checkpoints", "README.md"]
 html_static_path = ["_static"]
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"

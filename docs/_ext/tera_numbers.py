@@ -1,0 +1,399 @@
+"""Every measured number the docs show, read from the results files, named once.
+
+Pages never type a measurement; they write ``{num}`name``` and the build puts the value
+there (an unknown name fails the build). The values come from
+
+* ``benchmarks/results/*.md``: the tables ``make bench`` / ``make bench-gpu`` /
+  ``benchmarks/adapter_sizes.py`` wrote (parsed here, never edited by hand);
+* ``docs/results/compare-default/results.json``: the default comparison (accuracies);
+* :mod:`tera.theory` and the FLOP formulas: derived quantities (floors, byte counts);
+* :data:`STATED`: the few figures measured once outside those files, each with where it
+  came from. They are stated here once and referenced like the others.
+
+How ratios are computed is part of each name's definition and of the page text:
+``*.xbase`` and ``*.xlora`` are **ratios of the medians shown** (ms / reference ms, from the
+same table), so they agree with the millisecond columns beside them; ``*.range`` is the
+spread of the per-repetition ratios the benchmark recorded (min..max).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+COMPARE = REPO / "docs" / "results" / "compare-default"
+
+
+# -- Reading the results files -----------------------------------------------------------
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[dict[str, str]]
+
+
+@dataclass
+class ResultsFile:
+    path: Path
+    machine: str
+    notes: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+
+
+def _cells(line: str) -> list[str]:
+    parts = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+    return [p.strip().replace("\\|", "|") for p in parts]
+
+
+@functools.cache
+def results_file(name: str) -> ResultsFile:
+    """Parse ``benchmarks/results/<name>.md``: its machine line, notes and tables."""
+    path = RESULTS / f"{name}.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} is missing (the docs read it)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    machine = lines[0].removeprefix("Machine: ") if lines and lines[0].startswith("Machine") else ""
+    out = ResultsFile(path, machine)
+    i = 1 if machine else 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = _cells(line)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(dict(zip(header, _cells(lines[i]), strict=True)))
+                i += 1
+            out.tables.append(Table(header, rows))
+            continue
+        if line.strip():
+            out.notes.append(line.strip())
+        i += 1
+    return out
+
+
+def _float(text: str) -> float:
+    return float(text.split()[0].replace(",", ""))
+
+
+def _range(text: str) -> tuple[float, float]:
+    found = re.search(r"\(([\d.]+)\.\.([\d.]+)\)", text)
+    if not found:
+        raise ValueError(f"no (min..max) in {text!r}")
+    return float(found[1]), float(found[2])
+
+
+def layer_row(name: str, j: int, tokens: int, variant: str) -> dict[str, str]:
+    """The row of one layer-step table for (J, tokens, variant)."""
+    for row in results_file(name).tables[0].rows:
+        if int(row["J"]) == j and int(row["tokens"]) == tokens and row["variant"] == variant:
+            return row
+    raise KeyError(f"{name}.md has no row J={j}, tokens={tokens}, variant={variant!r}")
+
+
+def layer_ms(name: str, j: int, tokens: int, variant: str) -> float:
+    return _float(layer_row(name, j, tokens, variant)["ms"])
+
+
+def layer_xbase(name: str, j: int, tokens: int, variant: str) -> float:
+    """Ms / base ms of the same (J, tokens): the ratio of the medians the table shows."""
+    return layer_ms(name, j, tokens, variant) / layer_ms(name, j, tokens, "base")
+
+
+def layer_paired(name: str, j: int, tokens: int, variant: str) -> float:
+    """The median of per-repetition ratios the benchmark recorded (robust, used for GPUs)."""
+    return _float(layer_row(name, j, tokens, variant)["x base (min..max)"])
+
+
+def layer_spread(name: str, j: int, tokens: int, variant: str) -> tuple[float, float]:
+    return _range(layer_row(name, j, tokens, variant)["x base (min..max)"])
+
+
+def layer_floor(name: str, j: int, tokens: int, variant: str) -> float:
+    return _float(layer_row(name, j, tokens, variant)["FLOPs x base"])
+
+
+def memory_row(name: str, variant: str) -> tuple[float, float]:
+    """(peak extra, saved for backward) in J^2 floats from a layer-step memory table."""
+    table = results_file(name).tables[1]
+    for row in table.rows:
+        if row["variant"] == variant:
+            values = list(row.values())
+            return _float(values[1]), _float(values[2])
+    raise KeyError(f"{name}.md's memory table has no variant {variant!r}")
+
+
+def model_ms(name: str, method: str, column: str = "train step ms") -> float:
+    for table in results_file(name).tables:
+        for row in table.rows:
+            if method in (row.get("method"), row.get("model")) and column in row:
+                return _float(row[column])
+    raise KeyError(f"{name}.md has no {column!r} for {method!r}")
+
+
+def model_spread(name: str, method: str) -> tuple[float, float]:
+    for table in results_file(name).tables:
+        for row in table.rows:
+            if method in (row.get("method"), row.get("model")):
+                return _range(row[table.header[2]])
+    raise KeyError(f"{name}.md has no row {method!r}")
+
+
+def sizes_row(variant: str) -> dict[str, str]:
+    for row in results_file("adapter_sizes").tables[0].rows:
+        if row["adapter"] == variant:
+            return row
+    raise KeyError(f"adapter_sizes.md has no adapter {variant!r}")
+
+
+# -- The default comparison (accuracies) ---------------------------------------------------
+@functools.cache
+def compare_results() -> dict:
+    path = COMPARE / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def compare_mean(key: str) -> float:
+    method = compare_results()["methods"][key]
+    accs = [a for t in method["tasks"].values() for a in t["accuracy"]]
+    return 100 * statistics.fmean(accs)
+
+
+# -- Figures measured once outside the results files ---------------------------------------
+TARGETS: dict[str, float] = {
+    # the performance targets the engine was built to meet (x the frozen layer, or x LoRA)
+    "tera_unsplit": 2.2,
+    "tera_split": 1.6,
+    "model_vs_lora": 1.5,
+    "peer_within": 1.05,
+    "memory_j2": 3.0,
+}
+
+STATED: dict[str, tuple[str, str]] = {
+    # name: (value as shown, where it comes from)
+    "h100.fp32_over_bf16": (
+        "14.4x",
+        "an H100 running a float32 Linear(4096, 4096) training step against a bf16 one, "
+        "measured once when the engine's float32 rate was set (tera.adapters.layer)",
+    ),
+    "cpu.half_gemm_slowdown": (
+        "4.5x",
+        "half-precision GEMMs against float32 on the 2-core AVX2 CPU of the benchmarks",
+    ),
+    "cpu.generic_einsum_1024": (
+        "4.4x",
+        "a prototype: TeRA (1024 | 4^5), 2048 tokens, one generic opt_einsum contraction over "
+        "all operands, against the frozen layer (before the kernel existed)",
+    ),
+    "tera_scale_spread": (
+        "10x",
+        "std of dW at d = 1 across tensorizations of one 384 x 384 layer with the paper's "
+        "per-factor Kaiming initialization: 0.14 to 2.3",
+    ),
+    "paper.unshared.llama2": ("7.7 %", "the paper, Appendix J: separate random networks"),
+    "paper.unshared.llama3": ("26.6 %", "the paper, Appendix J: separate random networks"),
+    "paper.shared.llama2": ("78.6 %", "the paper, Appendix J: shared networks"),
+    "paper.shared.llama3": ("85.3 %", "the paper, Appendix J: shared networks"),
+    "paper.tera_params_pct_dialogue": ("0.0021 %", "the paper's Params (%) for TeRA, Table 2"),
+    "multiemo.majority": ("36.8 %", "majority class of BIG-bench MultiEmo's test split"),
+    "adapter_sizes.memory": ("4.3 GB", "peak memory of benchmarks/adapter_sizes.py"),
+}
+
+
+def _engine_fp32_cost() -> float:
+    from tera.adapters.layer import FLOAT32_COST
+
+    return float(FLOAT32_COST)
+
+
+# -- The named numbers ---------------------------------------------------------------------
+def _x(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:.2f} MB"
+
+
+def _spread(lo_hi: tuple[float, float]) -> str:
+    return f"{lo_hi[0]:.2f}..{lo_hi[1]:.2f}"
+
+
+CPU, BF16, FP32 = "layer_step", "gpu_layer_step_bf16", "gpu_layer_step_fp32"
+T1024 = "TeRA (1024 | 4,4,4,4,4)"
+T32 = "TeRA (32,32 | 32,32)"
+T2048 = "TeRA (2048 | 4,4,4,4,4,2)"
+T3264 = "TeRA (32,64 | 32,64)"
+T4096 = "TeRA (4096 | 4,4,4,4,4,4)"
+T64 = "TeRA (64,64 | 64,64)"
+TERA_7B = "TeRA (4096 | 8,8,8,8)"
+
+
+def _numbers() -> dict[str, Callable[[], str]]:
+    n: dict[str, Callable[[], str]] = {}
+
+    def layer(prefix: str, file: str, j: int, tokens: int, variant: str) -> None:
+        n[f"{prefix}.ms"] = lambda: _ms(layer_ms(file, j, tokens, variant))
+        n[f"{prefix}.xbase"] = lambda: _x(layer_xbase(file, j, tokens, variant))
+        n[f"{prefix}.paired"] = lambda: _x(layer_paired(file, j, tokens, variant))
+        n[f"{prefix}.range"] = lambda: _spread(layer_spread(file, j, tokens, variant))
+        if not variant.startswith("PEFT"):
+            n[f"{prefix}.floor"] = lambda: _x(layer_floor(file, j, tokens, variant))
+
+    # CPU, one layer
+    for j, tokens, key, variant in [
+        (1024, 512, "tera_unsplit", T1024),
+        (1024, 2048, "tera_unsplit", T1024),
+        (1024, 2048, "tera_split", T32),
+        (1024, 512, "peft_hira", "PEFT HiRA r=32"),
+        (1024, 2048, "peft_hira", "PEFT HiRA r=32"),
+        (1024, 2048, "lora", "LoRA r=32"),
+        (1024, 2048, "hira", "HiRA r=32"),
+        (1024, 2048, "vera", "VeRA r=256"),
+        (1024, 2048, "peft_vera", "PEFT VeRA r=256"),
+        (1024, 2048, "peft_lora", "PEFT LoRA r=32"),
+        (1024, 2048, "base", "base"),
+        (2048, 2048, "tera_unsplit", T2048),
+        (2048, 2048, "tera_split", T3264),
+        (2048, 2048, "peft_hira", "PEFT HiRA r=32"),
+    ]:
+        layer(f"cpu.{j}.{tokens}.{key}", CPU, j, tokens, variant)
+    # GPU, one layer (J = 4096)
+    for file, tag in ((BF16, "bf16"), (FP32, "fp32")):
+        for key, variant in [
+            ("tera_unsplit", T4096),
+            ("tera_split", T64),
+            ("hira", "HiRA r=32"),
+            ("peft_hira", "PEFT HiRA r=32"),
+            ("lora", "LoRA r=32"),
+            ("peft_lora", "PEFT LoRA r=32"),
+            ("vera", "VeRA r=256"),
+            ("peft_vera", "PEFT VeRA r=256"),
+        ]:
+            layer(f"{tag}.4096.8192.{key}", file, 4096, 8192, variant)
+
+    # The CPU target that is missed: the 0.04x of slack, in ms of the base step it has
+    def slack_ms() -> str:
+        floor = layer_floor(CPU, 1024, 2048, T32)
+        return _ms((1.6 - floor) * layer_ms(CPU, 1024, 2048, "base"))
+
+    n["cpu.1024.2048.tera_split.slack"] = lambda: _x(1.6 - layer_floor(CPU, 1024, 2048, T32))
+    n["cpu.1024.2048.tera_split.slack_ms"] = slack_ms
+
+    # Memory (J^2 floats)
+    for file, tag in ((CPU, "cpu"), (BF16, "bf16")):
+        for key, variant in [
+            ("tera_unsplit", T1024 if file == CPU else T4096),
+            ("tera_split", T32 if file == CPU else T64),
+            ("peft_hira", "PEFT HiRA r=32"),
+            ("lora", "LoRA r=32"),
+        ]:
+            n[f"{tag}.mem.{key}.peak"] = lambda f=file, v=variant: f"{memory_row(f, v)[0]:.2f}"
+            n[f"{tag}.mem.{key}.saved"] = lambda f=file, v=variant: f"{memory_row(f, v)[1]:.2f}"
+
+    # Whole-model steps
+    for file, tag in (("model_step", "cpu"), ("gpu_model_step_bf16", "bf16")):
+        lora = "LoRA (r=32)"
+        for key, method in [("tera", "TeRA"), ("lora", lora), ("hira", "HiRA (r=32)")]:
+            n[f"{tag}.model.{key}.ms"] = lambda f=file, m=method: _ms(model_ms(f, m))
+            n[f"{tag}.model.{key}.xlora"] = lambda f=file, m=method, ref=lora: _x(
+                model_ms(f, m) / model_ms(f, ref)
+            )
+            n[f"{tag}.model.{key}.range"] = lambda f=file, m=method: _spread(model_spread(f, m))
+        for key, model in [
+            ("wrapped", "TeRA merged (wrapped layers)"),
+            ("unloaded", "TeRA merge_and_unload()"),
+        ]:
+            n[f"{tag}.infer.{key}.xbase"] = lambda f=file, m=model: _x(
+                model_ms(f, m, "forward ms") / model_ms(f, "base model", "forward ms")
+            )
+        n[f"{tag}.model.machine"] = lambda f=file: results_file(f).machine
+
+    n["cpu.machine"] = lambda: results_file(CPU).machine
+    n["gpu.machine"] = lambda: results_file(BF16).machine
+
+    # Llama-2-7B sizes: trainable bytes (what DDP all-reduces per step) and saved files
+    for key, variant in [
+        ("tera", TERA_7B),
+        ("vera", "VeRA r=256"),
+        ("lora", "LoRA r=32"),
+        ("hira", "HiRA r=32"),
+        ("hira1", "HiRA r=1"),
+    ]:
+        n[f"llama7b.{key}.trainable"] = lambda v=variant: sizes_row(v)["trainable"]
+        n[f"llama7b.{key}.params_pct"] = lambda v=variant: sizes_row(v)["Params (%)"]
+        n[f"llama7b.{key}.allreduce"] = lambda v=variant: _mb(
+            _float(sizes_row(v)["trainable bytes (float32)"])
+        )
+        n[f"llama7b.{key}.saved"] = lambda v=variant: _mb(_float(sizes_row(v)["saved bytes"]))
+        n[f"llama7b.{key}.saved_factors"] = lambda v=variant: _mb(
+            _float(sizes_row(v)["saved bytes with factors"])
+        )
+    n["llama7b.tera.factors_only"] = lambda: _mb(
+        _float(sizes_row(TERA_7B)["saved bytes with factors"])
+        - _float(sizes_row(TERA_7B)["saved bytes"])
+    )
+    n["core4096.fp32"] = lambda: _mb(4096 * 4096 * 4)
+    n["engine.fp32_cost"] = lambda: f"{_engine_fp32_cost():g}x"
+    n["llama7b.lora_over_tera.saved"] = lambda: (
+        f"{_float(sizes_row('LoRA r=32')['saved bytes']) / _float(sizes_row(TERA_7B)['saved bytes']):.0f}"  # noqa: E501
+    )
+
+    # The default comparison
+    for key in ("tera", "vera", "hira", "hira1", "lora", "head"):
+        n[f"compare.{key}.mean"] = lambda k=key: f"{compare_mean(k):.2f} %"
+
+    for key, target in TARGETS.items():
+        n[f"target.{key}"] = lambda t=target: f"{t:g}x"
+    n["target.peer_within"] = lambda: f"{(TARGETS['peer_within'] - 1) * 100:.0f}%"
+    n["target.memory_j2"] = lambda: f"{TARGETS['memory_j2']:g}"
+
+    def summary() -> str:
+        r = compare_results()
+        preset, settings = r.get("preset", {}), r.get("settings", {})
+        tasks = ", ".join(preset.get("tasks", []))
+        return (
+            f"model {preset.get('model', '?')}, task(s) {tasks}, {preset.get('seeds', '?')} "
+            f"seed(s), {settings.get('steps', '?')} training steps of batch "
+            f"{settings.get('batch_size', '?')}"
+        )
+
+    n["compare.summary"] = summary
+
+    from tera.compare.methods import METHODS
+
+    for key, method in METHODS.items():
+        n[f"lr_grid.{key}"] = lambda m=method: ", ".join(f"{lr:g}" for lr in m.lr_grid)
+    n["compare.best"] = lambda: max(
+        (m for k, m in compare_results()["methods"].items()),
+        key=lambda m: statistics.fmean(
+            [a for t in m["tasks"].values() for a in t["accuracy"]] or [0.0]
+        ),
+    )["label"]
+
+    for name, (value, _source) in STATED.items():
+        n[name] = lambda v=value: v
+    return n
+
+
+NUMBERS = _numbers()
+
+
+def value(name: str) -> str:
+    """The text of the named number; KeyError names close matches when it is unknown."""
+    if name not in NUMBERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, NUMBERS, n=3)
+        raise KeyError(f"no number named {name!r}" + (f"; did you mean {close}?" if close else ""))
+    return NUMBERS[name]()
