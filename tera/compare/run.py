@@ -105,6 +105,9 @@ causal LM is fine-tuned on ``question -> answer`` text and scored by likelihood.
 Hugging Face model folder works too (:mod:`tera.compare.folder`).
 """
 _FORMAT = 1
+#: Preset fields a resumed comparison may change: each run's record depends on none of them,
+#: so adding methods, tasks or seeds to a finished comparison reuses every finished run.
+_EXTENSIBLE = frozenset({"methods", "tasks", "seeds", "budget"})
 
 
 class ComparisonExistsError(TeraError, ValueError):
@@ -476,15 +479,17 @@ def _prepare_out(out: Path, preset: Preset, resume: bool, overwrite: bool) -> No
         saved = None
     if saved is not None:
         mine = _preset_dict(preset)
-        differ = sorted(
-            k for k in set(mine) | set(saved["preset"]) if mine.get(k) != saved["preset"].get(k)
-        )
-        if differ:
+        keys = set(mine) | set(saved["preset"])
+        differ = sorted(k for k in keys if mine.get(k) != saved["preset"].get(k))
+        fixed = [k for k in differ if k not in _EXTENSIBLE]
+        if fixed:
             raise ComparisonExistsError(
-                f"{out} holds a comparison with other settings ({', '.join(differ)} differ); "
+                f"{out} holds a comparison with other settings ({', '.join(fixed)} differ); "
                 "resume it as it was configured (`tera compare --resume DIR` with no other "
                 "options) or start a new one in another --out"
             )
+        if differ:  # more methods, tasks or seeds: the finished runs stay valid
+            _write_json(marker, {"format": _FORMAT, "preset": mine})
     if resume and saved is None and not (out / "runs").exists():
         raise ComparisonExistsError(f"nothing to resume in {out}: it holds no comparison")
     out.mkdir(parents=True, exist_ok=True)
@@ -562,8 +567,9 @@ def compare(
     log : callable
         Receives one line per trial and run (``print`` by default).
     resume : bool
-        Continue the comparison saved in ``out`` (its preset must be ``preset``): finished
-        runs are read back, never redone.
+        Continue the comparison saved in ``out``: finished runs are read back, never redone.
+        ``preset`` must equal the saved one except for ``methods``, ``tasks`` and ``seeds``
+        (more of them extend the comparison; every finished run stays valid).
     overwrite : bool
         Discard a comparison saved in ``out`` and start again.
     on_run : callable, optional

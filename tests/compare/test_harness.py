@@ -125,7 +125,10 @@ def test_wilcoxon_and_table_edge_cases():
     table = markdown_table(same)
     # 95% t-interval of (50, 60): 55 ± 12.706 * 5 = 55 ± 63.53; identical pairs: Δ = 0, p = 1
     assert "| TeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 1.0 |" in table
-    assert "| VeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | +0.00 [+0.00, +0.00] | 1 | 1 | 1.0 |" in table
+    assert (
+        "| VeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | +0.00 [+0.00, +0.00] | 1 | 1 | 1.0 |"
+        in table
+    )
     assert "best: TeRA 55.00%" in summary_line(same)
     tied = {
         **base,

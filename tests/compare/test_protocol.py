@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 from scipy import stats
@@ -126,16 +127,40 @@ def test_task_files_both_shapes_and_formats(tmp_path):
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("a.jsonl", '{"text": "x", "label": "a"}\n{"text": "", "label": "b"}\n', "line 2: field 'text'"),
+        (
+            "a.jsonl",
+            '{"text": "x", "label": "a"}\n{"text": "", "label": "b"}\n',
+            "line 2: field 'text'",
+        ),
         ("a.jsonl", '{"text": "x", "label": "a"}\n[1, 2]\n', "line 2: a row must be a JSON object"),
         ("a.jsonl", '{"text": "x", "label": "a"}\n{"text": "y"\n', "line 2: not valid JSON"),
-        ("a.jsonl", '{"question": "q", "choices": ["a"], "answer": 0}\n', "line 1: field 'choices'"),
-        ("a.jsonl", '{"question": "q", "choices": ["a", "b"], "answer": 2}\n', "line 1: field 'answer' = 2 is out of range"),
-        ("a.jsonl", '{"question": "q", "choices": ["a", "b"], "answer": "c"}\n', "'c' is not one of the choices"),
-        ("a.jsonl", '{"question": "q", "choices": ["a", "b"]}\n', "line 1: field 'answer' is missing"),
+        (
+            "a.jsonl",
+            '{"question": "q", "choices": ["a"], "answer": 0}\n',
+            "line 1: field 'choices'",
+        ),
+        (
+            "a.jsonl",
+            '{"question": "q", "choices": ["a", "b"], "answer": 2}\n',
+            "line 1: field 'answer' = 2 is out of range",
+        ),
+        (
+            "a.jsonl",
+            '{"question": "q", "choices": ["a", "b"], "answer": "c"}\n',
+            "'c' is not one of the choices",
+        ),
+        (
+            "a.jsonl",
+            '{"question": "q", "choices": ["a", "b"]}\n',
+            "line 1: field 'answer' is missing",
+        ),
         ("a.jsonl", '{"text": "x", "label": "a"}\n{"question": "q"}\n', "line 2: the file mixes"),
         ("a.jsonl", '{"prompt": "x"}\n', "line 1: a row needs either the fields"),
-        ("a.jsonl", '{"text": "x", "label": "a"}\n{"text": "y", "label": "a"}\n', "two or more labels"),
+        (
+            "a.jsonl",
+            '{"text": "x", "label": "a"}\n{"text": "y", "label": "a"}\n',
+            "two or more labels",
+        ),
         ("a.csv", "text,label\nx,a,extra\n", "line 2: 3 cells for 2 columns"),
         ("a.txt", "x", "unknown format '.txt'"),
         ("a.jsonl", "\n\n", "holds no rows"),
@@ -365,3 +390,22 @@ def test_cli_resume_takes_no_other_options(tmp_path, capsys):
         main(["compare", "--resume", str(tmp_path), "--seeds", "2"])
     assert main(["compare", "--resume", str(tmp_path)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_resumed_comparison_can_add_methods_and_seeds_but_not_change_the_budget(tmp_path):
+    from tera.compare.presets import PRESETS
+    from tera.compare.run import ComparisonExistsError, compare
+
+    small = PRESETS["smoke"].with_overrides(methods=("lora(lr=0.001)",), seeds=1)
+    first = compare(small, tmp_path, log=lambda line: None)
+    assert first["runs_done"] == 1
+    more = small.with_overrides(methods=("lora(lr=0.001)", "head(lr=0.01)"), seeds=2)
+    second = compare(more, tmp_path, log=lambda line: None, resume=True)
+    assert (second["runs_reused"], second["runs_done"]) == (1, 3)
+    assert (
+        second["methods"]["lora(lr=0.001)"]["tasks"]["synthetic"]["accuracy"][0]
+        == (first["methods"]["lora(lr=0.001)"]["tasks"]["synthetic"]["accuracy"][0])
+    )
+    longer = more.with_overrides(settings=replace(more.settings, steps=3))
+    with pytest.raises(ComparisonExistsError, match="settings differ"):
+        compare(longer, tmp_path, log=lambda line: None, resume=True)
