@@ -78,3 +78,31 @@ def test_half_policy_compares_every_policy_with_errors_against_float64(tmp_path)
     assert shipped[5] == cpu_policy[5]  # on a CPU the layer applies the update in float32
     for c in cells[1:]:
         assert 0 < float(c[5]) < 0.1  # bf16 rounding, relative to the adapter's contribution
+
+
+def test_ablation_tables_group_variants_against_the_default_tera():
+    import ablations
+
+    def method(params, accs):
+        return {
+            "adapter_params": params,
+            "tasks": {"t": {"seeds": [0, 1, 2], "accuracy": accs, "lr": 0.03}},
+        }
+
+    results = {
+        "tasks": {"t": {}},
+        "settings": {"steps": 100, "batch_size": 16},
+        "preset": {"seeds": 3},
+        "methods": {
+            "tera": method(4872, [0.60, 0.62, 0.61]),
+            "tera(zero_init=0)": method(4872, [0.65, 0.66, 0.66]),
+        },
+    }
+    text = ablations.ablation_tables(results, ["zero_init"])
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| `")}
+    assert set(rows) == {"| `tera`", "| `tera(zero_init=0)`"}  # the missing variant is left out
+    assert "| 61.00 ± 2.48 | 61.00 | - | - | 0.03 |" in rows["| `tera`"]
+    assert "| +4.67 [" in rows["| `tera(zero_init=0)`"]  # variant minus TeRA, paired
+    assert set(ablations.GROUPS) == {"zero_init", "scale", "tensorization", "factors", "budget"}
+    with pytest.raises(SystemExit):
+        ablations.main(["--groups", "nope"])
