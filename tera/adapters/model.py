@@ -430,7 +430,9 @@ class AdaptedModel(nn.Module):
         with quantized.merge_report():
             for name, layer in self.adapter_layers.items():
                 if layer.quantization is not None:  # quantized-base hook
-                    _set_submodule(self.base_model, name, quantized.unwrap(layer, merge, dequantize))
+                    _set_submodule(
+                        self.base_model, name, quantized.unwrap(layer, merge, dequantize)
+                    )
                     continue
                 if merge and not layer.merged:
                     layer.merge(keep_original=False)

@@ -123,16 +123,12 @@ class QuantizedBase:
         (restored by unmerge).
     requantized : bool
         Whether the current base weight holds a merged adapter, requantized.
-    cpu_packing : bool or None
-        The 4-bit layer's ``support_avx512bf16_for_cpu`` before adapting (restored on
-        unload; ``None`` when not a 4-bit layer).
     """
 
     backend: Backend
     scheme: str
     original: nn.Module | None = field(default=None, repr=False)
     requantized: bool = False
-    cpu_packing: bool | None = None
 
     @property
     def description(self) -> str:
@@ -184,10 +180,7 @@ def is_quantized(module: nn.Module) -> bool:
 def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
     """Check a target; ``None`` for an ordinary layer, else how it is quantized.
 
-    A 4-bit layer's CPU inference repacking (bitsandbytes >= 0.49 on CPUs with AVX512-BF16
-    rewrites the weight for a bf16 kernel, scales rounded to bfloat16, the first time it runs
-    in eval mode without gradients) is turned off while adapted, so evaluation computes with
-    the weight training saw, and undone if it already happened.
+    The layer itself is not changed: its forward stays exactly its own.
 
     Raises
     ------
@@ -198,7 +191,8 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
     info = quantization_of(module)
     if info is None:
         return None
-    weight = module.weight
+    layer: Any = module  # a bitsandbytes/torchao layer: duck-typed attributes
+    weight = layer.weight
     if info.backend == "bnb4":
         if getattr(weight, "quant_state", None) is None or not getattr(
             weight, "bnb_quantized", False
@@ -208,21 +202,19 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
                 f"(bitsandbytes quantizes on the first .to(device)); call model.to(device) "
                 "before adapt(), or load the model with a BitsAndBytesConfig"
             )
-        state = weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            functional = _require("bitsandbytes", "a 4-bit base").functional
-            weight.data, weight.quant_state = functional._convert_weight_packed_for_cpu_inverse(
-                weight.data, state
-            )
-        info.cpu_packing = bool(getattr(module, "support_avx512bf16_for_cpu", False))
-        module.support_avx512bf16_for_cpu = False
     elif info.backend == "bnb8":
-        if module.state.has_fp16_weights:
+        if layer.state.has_fp16_weights:
             raise TargetError(
                 f"'{name}' is a bitsandbytes Linear8bitLt with has_fp16_weights=True: it keeps "
                 "trainable float weights and quantizes them at every forward; build it with "
                 "has_fp16_weights=False (as BitsAndBytesConfig(load_in_8bit=True) does) to "
                 "adapt an 8-bit base"
+            )
+        if weight.dtype != torch.int8:
+            raise TargetError(
+                f"'{name}' is a bitsandbytes Linear8bitLt whose weight is not quantized yet "
+                f"({weight.dtype}; bitsandbytes quantizes on the first .to(device)); call "
+                "model.to(device) before adapt(), or load the model with a BitsAndBytesConfig"
             )
     elif not callable(getattr(weight, "dequantize", None)):
         raise TargetError(
@@ -230,15 +222,6 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
             "quantize it with a weight-only config (e.g. Int8WeightOnlyConfig)"
         )
     return info
-
-
-def release(layer: AdapterLinear) -> nn.Module:
-    """Undo :func:`prepare_target` on the layer's (current) base and return it."""
-    base = layer.base_layer
-    info = layer.quantization
-    if info is not None and info.cpu_packing is not None:
-        base.support_avx512bf16_for_cpu = info.cpu_packing
-    return base
 
 
 def forward_weight(layer: AdapterLinear, x: torch.Tensor) -> torch.Tensor:
@@ -257,14 +240,33 @@ def forward_weight(layer: AdapterLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- dequantize / requantize -------------------------------------------------------------------
-def _bnb8_scales(module: nn.Module) -> torch.Tensor:
-    scb = module.state.SCB if module.state.SCB is not None else module.weight.SCB
+def _bnb8_scales(module: Any) -> torch.Tensor:
+    scb: torch.Tensor | None = (
+        module.state.SCB if module.state.SCB is not None else module.weight.SCB
+    )
     if scb is None:
         raise TargetError(
             "this Linear8bitLt holds no scales (SCB): its weight is not quantized yet; call "
             "model.to(device) first"
         )
-    return scb  # type: ignore[no-any-return]
+    return scb
+
+
+def _unpacked_4bit(functional: Any, data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """The canonical layout of a 4-bit weight bitsandbytes repacked for CPU inference.
+
+    bitsandbytes >= 0.49, on CPUs with AVX512-BF16, rewrites a ``Linear4bit``'s weight for a
+    bf16 kernel the first time the layer runs in eval mode without gradients (block scales
+    rounded to bfloat16, double quantization undone). Its own inverse re-quantizes nested
+    scales (lossy) and mutates the state; this unpacks a copy losslessly, with the bf16
+    scales the repacked layer computes with, so the result is the weight its forward uses.
+    """
+    state = copy.deepcopy(state)
+    state.original_nested = False  # keep the plain (bf16) scales, no re-quantization
+    data, state = functional._convert_weight_packed_for_cpu_inverse(data, state)
+    state.absmax = state.absmax.T.reshape(-1).float()
+    state.nested = False
+    return data, state
 
 
 @torch.no_grad()
@@ -293,32 +295,36 @@ def dequantize_weight(module: nn.Module, dtype: torch.dtype | None = None) -> to
     True
     """
     info = quantization_of(module)
-    weight = module.weight
+    layer: Any = module  # duck-typed quantized layer
+    weight = layer.weight
     if info is None:
         out = weight.detach()
     elif info.backend == "bnb4":
         functional = _require("bitsandbytes", "a 4-bit base").functional
         state = weight.quant_state
         data = weight.data
-        if getattr(state, "packing_format_for_cpu", False):  # repacked for CPU inference
-            state = copy.deepcopy(state)
-            data, state = functional._convert_weight_packed_for_cpu_inverse(data, state)
+        if getattr(state, "packing_format_for_cpu", False):
+            data, state = _unpacked_4bit(functional, data, state)
         out = functional.dequantize_4bit(data, state)
     elif info.backend == "bnb8":
         functional = _require("bitsandbytes", "an 8-bit base").functional
-        scales = _bnb8_scales(module)
+        scales = _bnb8_scales(layer)
         out = functional.int8_vectorwise_dequant(weight.data, scales.to(weight.device))
     else:
         out = weight.dequantize()
-    if tuple(out.shape) != (module.out_features, module.in_features):
-        out = out.reshape(module.out_features, module.in_features)
-    return out if dtype is None else out.to(dtype)
+    shape = (int(layer.out_features), int(layer.in_features))
+    if tuple(out.shape) != shape:
+        out = out.reshape(shape)
+    result: torch.Tensor = out if dtype is None else out.to(dtype)
+    return result
 
 
-def _requantized(module: nn.Module, info: QuantizedBase, weight: torch.Tensor) -> nn.Module:
-    """A copy of the quantized layer ``module`` whose weight is ``weight`` (``out x in``) quantized
-    the same way (same scheme, block size, storage); ``module`` itself is not changed."""
-    new = copy.deepcopy(module)
+def _requantized(module: Any, info: QuantizedBase, weight: torch.Tensor) -> nn.Module:
+    """A copy of the quantized layer ``module`` holding ``weight`` (``out x in``).
+
+    Quantized the same way (scheme, block size, storage); ``module`` itself is not changed.
+    """
+    new: Any = copy.deepcopy(module)
     device = module.weight.device
     if info.backend == "bnb4":
         bnb = _require("bitsandbytes", "a 4-bit base")
@@ -363,7 +369,8 @@ def _requantized(module: nn.Module, info: QuantizedBase, weight: torch.Tensor) -
             )
         qweight = type(old).from_hp(weight.to(device, old.dtype), gran)
         new.weight = nn.Parameter(qweight, requires_grad=False)
-    return new
+    result: nn.Module = new
+    return result
 
 
 @dataclass(frozen=True)
@@ -417,8 +424,9 @@ def _merged_weight(layer: AdapterLinear) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def merge(layer: AdapterLinear, keep_original: bool | None) -> None:
-    """Hook of :meth:`AdapterLinear.merge <tera.adapters.AdapterLinear.merge>`: dequantize,
-    add ``dW``, requantize, warn with the error.
+    """Hook of :meth:`AdapterLinear.merge <tera.adapters.AdapterLinear.merge>`: requantize.
+
+    Dequantizes the base weight, adds ``dW``, requantizes and warns with the error.
 
     ``keep_original`` defaults to True here (the original is the small quantized layer), so
     :func:`unmerge` restores it exactly; with False, unmerge is refused.
@@ -443,8 +451,11 @@ def merge(layer: AdapterLinear, keep_original: bool | None) -> None:
 
 
 def unmerge(layer: AdapterLinear) -> None:
-    """Hook of :meth:`AdapterLinear.unmerge <tera.adapters.AdapterLinear.unmerge>`: restore
-    the kept original, or refuse (a requantized weight cannot give back its original)."""
+    """Hook of :meth:`AdapterLinear.unmerge <tera.adapters.AdapterLinear.unmerge>`: restore.
+
+    Puts back the original kept by :func:`merge`, or refuses (a requantized weight cannot
+    give back its original).
+    """
     info = layer.quantization
     assert info is not None
     if info.original is None:
@@ -460,7 +471,7 @@ def unmerge(layer: AdapterLinear) -> None:
     layer.merged = False
 
 
-def _float_linear(module: nn.Module, weight: torch.Tensor, dtype: torch.dtype) -> nn.Linear:
+def _float_linear(module: Any, weight: torch.Tensor, dtype: torch.dtype) -> nn.Linear:
     bias = getattr(module, "bias", None)
     out = nn.Linear(
         module.in_features, module.out_features, bias=bias is not None, device="meta", dtype=dtype
@@ -482,13 +493,12 @@ def unwrap(layer: AdapterLinear, merge_adapter: bool, dequantize: bool) -> nn.Mo
         if layer.merged:
             unmerge(layer)
         merged, _ = _merged_weight(layer)
-        release(layer)
         return _float_linear(layer.base_layer, merged, torch.float32)
     if merge_adapter and not layer.merged:
         merge(layer, keep_original=False)
     if not merge_adapter and layer.merged:
         unmerge(layer)
-    return release(layer)
+    return layer.base_layer
 
 
 # -- whole models ------------------------------------------------------------------------------
