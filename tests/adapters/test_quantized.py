@@ -490,3 +490,22 @@ def test_cpu_repacked_4bit_weights_keep_their_own_forward():
     with pytest.warns(QuantizedMergeWarning):
         merged = adapted.merge_and_unload()
     assert type(merged[0]).__name__ == "Linear4bit"
+
+
+def test_quantized_step_benchmark_runs(tmp_path):
+    """The benchmark script end to end on a tiny size (structure only, no timing asserted)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import quantized_step
+
+    out = tmp_path / "q.md"
+    text = quantized_step.main(
+        ["--layers", "1", "--vocab", "64", "--batch", "1", "--length", "8", "--reps", "1"]
+        + ["--out", str(out)]
+    )
+    assert out.read_text() == text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| LoRA |")]
+    assert [r[1] for r in rows] == ["float32", "8bit", "4bit"]
+    weights = [float(r[5]) for r in rows]
+    assert weights[0] > weights[1] > weights[2]  # float32 > int8 > nf4 storage
