@@ -12,7 +12,9 @@ Per variant: the median time of forward + LM loss + backward + AdamW step on ran
 its ratio to the same method on the float32 base and to float32 LoRA (both measured in the
 same repetition); the bytes of the decoder layers' weights as stored
 (:func:`tera.adapters.weight_bytes`), and the bytes autograd keeps for the backward (every
-tensor saved by the step's graph, counted once).
+tensor saved by the step's graph, counted once). Then, after the timed steps, each model on a
+quantized base is merged with ``merge_and_unload()`` and the error its warning states
+(requantized weights vs ``W0 + dW``, over the adapted layers) is tabulated.
 
 Run: ``.venv/bin/python benchmarks/quantized_step.py [--layers 4] [--vocab 8192]
 [--batch 2] [--length 128] [--reps 3] [--out benchmarks/results/quantized_step.md]``
@@ -21,6 +23,7 @@ Run: ``.venv/bin/python benchmarks/quantized_step.py [--layers 4] [--vocab 8192]
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -32,7 +35,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import alternate, emit, machine, markdown_table
 
-from tera.adapters import AdapterConfig, LoRAConfig, TeRAConfig, adapt, quantize_model, weight_bytes
+from tera.adapters import (
+    AdaptedModel,
+    AdapterConfig,
+    LoRAConfig,
+    QuantizedMergeWarning,
+    TeRAConfig,
+    adapt,
+    quantize_model,
+    weight_bytes,
+)
 
 BASES = ("float32", "8bit", "4bit")
 METHODS = ("LoRA", "TeRA")
@@ -113,6 +125,17 @@ def saved_bytes(model: nn.Module, ids: torch.Tensor) -> int:
     return sum(n for (ptr, _), n in seen.items() if ptr not in params)
 
 
+def merge_error(model: AdaptedModel) -> list[str]:
+    """``[max, rms, rms of dW]`` as the merge warning states them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizedMergeWarning)
+        model.merge_and_unload()
+    message = next(str(w.message) for w in caught if w.category is QuantizedMergeWarning)
+    found = re.search(r"max (\S+), rms (\S+) over .* has rms (\S+)\)", message)
+    assert found, message
+    return list(found.groups())
+
+
 def mib(n: int) -> str:
     """Bytes in MiB."""
     return f"{n / 2**20:.2f}"
@@ -166,6 +189,12 @@ def main(argv: list[str] | None = None) -> str:
         "x float32",
         "saved for backward MiB",
     ]
+    merges = [
+        [method, base, *merge_error(models[name])]
+        for (base, method), name in names.items()
+        if base != "float32"
+    ]
+    merge_header = ["method", "base", "max error", "rms error", "rms of dW"]
     tokens = args.batch * args.length
     text = (
         f"Machine: {machine()}\n\n"
@@ -174,7 +203,10 @@ def main(argv: list[str] | None = None) -> str:
         f"with threshold 6.0) or float32; q_proj and v_proj adapted; {args.batch} x "
         f"{args.length} = {tokens} tokens per step; median of {args.reps} alternating "
         "repetitions\n\n"
-        f"{markdown_table(header, rows)}\n"
+        f"{markdown_table(header, rows)}\n\n"
+        "merge_and_unload() after the timed steps (adapter parameters 0.01-perturbed from "
+        f"their init, then {args.reps + 1} AdamW steps at lr 1e-4), over the adapted layers:\n\n"
+        f"{markdown_table(merge_header, merges)}\n"
     )
     emit(text, args.out)
     return text

@@ -175,7 +175,7 @@ def parameter_report(model: nn.Module, config: AdapterConfig) -> ParameterReport
         for _, m in _modules_to_save(model, config.modules_to_save)
         for p in m.parameters()
     )
-    base = sum(p.numel() for p in model.parameters())
+    base = sum(quantized.numel(p) for p in model.parameters())  # hook: 4-bit packs 2 a byte
     return ParameterReport(sum(t for _, _, t in layers.values()), saved, base, layers)
 
 
@@ -393,14 +393,13 @@ class AdaptedModel(nn.Module):
             for n in self.modules_to_save
             for p in self.base_model.get_submodule(n).parameters()
         )
-        return ParameterReport(
-            adapter, saved, sum(p.numel() for p in self.parameters()) - adapter, layers
-        )
+        total = sum(quantized.numel(p) for p in self.parameters())  # hook: 4-bit weights
+        return ParameterReport(adapter, saved, total - adapter, layers)
 
     def print_trainable_parameters(self) -> None:
         """Print PEFT's line: ``trainable params: N || all params: M || trainable%: P``."""
         trainable = self.trainable_parameter_count()
-        total = sum(p.numel() for p in self.parameters())
+        total = sum(quantized.numel(p) for p in self.parameters())  # hook: 4-bit weights
         print(
             f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}"

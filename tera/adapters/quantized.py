@@ -18,7 +18,7 @@ Dtype policy
 ------------
 The adapter's own tensors (trainable parameters, shared factors, ``dW``) stay float32 (as
 on every base). The adapter's matmul with the activations runs by the base's ordinary
-:func:`~tera.adapters.layer.execution_policy`, read from the activations' dtype (the
+:func:`~tera.adapters.execution_policy`, read from the activations' dtype (the
 dtype the quantized layer computes in): float32 on a CPU, the half compute dtype on an
 accelerator. The adapter's output is cast to the base output's dtype and added.
 
@@ -164,7 +164,9 @@ def quantization_of(module: nn.Module) -> QuantizedBase | None:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    """Whether ``module`` is a supported quantized linear layer (see :func:`quantization_of`).
+    """Whether ``module`` is a supported quantized linear layer.
+
+    See :func:`~tera.adapters.quantized.quantization_of`.
 
     Examples
     --------
@@ -649,6 +651,26 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn
         if name and is_quantized(module):
             _set(model, name, _float_linear(module, dequantize_weight(module, dtype), dtype))
     return model
+
+
+def numel(p: torch.Tensor) -> int:
+    """The number of weights a parameter stands for (a packed 4-bit weight: its full shape).
+
+    bitsandbytes stores two 4-bit values per byte, so ``Params4bit.numel()`` is half the
+    layer's weights; "Params (%)" counts weights, as PEFT does.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.quantized import numel
+    >>> numel(torch.zeros(3, 4))
+    12
+    """
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    if _from_package(p, "bitsandbytes", "Params4bit") and shape is not None:
+        return math.prod(shape)
+    return p.numel()
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:

@@ -505,7 +505,23 @@ def test_quantized_step_benchmark_runs(tmp_path):
         + ["--out", str(out)]
     )
     assert out.read_text() == text
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| LoRA |")]
+    lines = [line.split(" | ") for line in text.splitlines() if line.startswith("| LoRA |")]
+    rows = [r for r in lines if len(r) == 8]  # the step table (then the merge-error table)
     assert [r[1] for r in rows] == ["float32", "8bit", "4bit"]
+    merges = [r for r in lines if len(r) == 5]
+    assert [r[1] for r in merges] == ["8bit", "4bit"]
+    assert all(float(r[2]) > 0 for r in merges)  # requantizing is lossy
     weights = [float(r[5]) for r in rows]
     assert weights[0] > weights[1] > weights[2]  # float32 > int8 > nf4 storage
+
+
+def test_parameter_counts_count_4bit_weights_unpacked():
+    from tera.adapters import parameter_report
+
+    float_model = llama()
+    q = quantized_llama("nf4")
+    cfg = config("tera")
+    assert parameter_report(q, cfg).base == parameter_report(float_model, cfg).base
+    adapted, ref = adapt(q, cfg), adapt(float_model, config("tera"))
+    assert adapted.parameter_report().base == ref.parameter_report().base
+    assert adapted.parameter_report().percent == ref.parameter_report().percent
