@@ -21,6 +21,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "DTypeError",
+    "DependencyError",
     "FingerprintError",
     "LoadError",
     "MergeError",
@@ -78,3 +79,7 @@ class FingerprintError(LoadError):
 
 class DTypeError(TeraError, TypeError):
     """A tensor has a dtype the operation does not support (e.g. integer weights)."""
+
+
+class DependencyError(TeraError, ImportError):
+    """An optional package a feature needs is not installed (names it and the pip command)."""

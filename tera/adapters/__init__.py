@@ -24,6 +24,14 @@ from tera.adapters.io import load_adapter as from_pretrained
 from tera.adapters.io import load_adapter_weights, save_adapter
 from tera.adapters.layer import AdapterLinear, ExecutionPolicy, execution_policy
 from tera.adapters.model import AdaptedModel, ParameterReport, adapt, find_targets, parameter_report
+from tera.adapters.quantized import (
+    QuantizedMergeWarning,
+    dequantize_model,
+    dequantize_weight,
+    is_quantized,
+    quantize_model,
+    weight_bytes,
+)
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -34,14 +42,20 @@ __all__ = [
     "HiRAConfig",
     "LoRAConfig",
     "ParameterReport",
+    "QuantizedMergeWarning",
     "TeRAConfig",
     "VeRAConfig",
     "adapt",
     "config_from_dict",
+    "dequantize_model",
+    "dequantize_weight",
     "execution_policy",
     "find_targets",
     "from_pretrained",
+    "is_quantized",
     "load_adapter_weights",
     "parameter_report",
+    "quantize_model",
     "save_adapter",
+    "weight_bytes",
 ]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tera.adapters import quantized
 from tera.adapters.base import Adapter
 from tera.adapters.engine import Path, choose_path, delta_weight, push
 from tera.adapters.factors import SharedFactors
@@ -187,7 +188,9 @@ class AdapterLinear(nn.Module):
         super().__init__()
         in_features, out_features = linear_shape(base_layer)
         weight = module_weight(base_layer)
-        if not weight.is_floating_point():
+        # -- quantized-base hook (tera.adapters.quantized): None for an ordinary layer --
+        self.quantization = quantized.prepare_target(base_layer)
+        if self.quantization is None and not weight.is_floating_point():
             raise DTypeError(
                 f"cannot adapt a layer with {weight.dtype} weights; adapters need floating "
                 "weights (dequantize the model or load it in float16/bfloat16/float32)"
@@ -211,6 +214,8 @@ class AdapterLinear(nn.Module):
     # -- weights ---------------------------------------------------------------------------
     def base_weight(self) -> torch.Tensor:
         """The base weight as ``out x in`` (a view; transposed for ``Conv1D``)."""
+        if self.quantization is not None:  # quantized-base hook: dequantized, a copy
+            return quantized.dequantize_weight(self.base_layer)
         w = module_weight(self.base_layer)
         return w.T if is_conv1d(self.base_layer) else w
 
@@ -232,7 +237,8 @@ class AdapterLinear(nn.Module):
     def _can_fuse(self, policy: ExecutionPolicy) -> bool:
         fusable_layer = type(self.base_layer) is nn.Linear or is_conv1d(self.base_layer)
         no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
-        return fusable_layer and no_dropout and policy.fuse
+        unquantized = self.quantization is None  # quantized-base hook: never fused
+        return fusable_layer and no_dropout and policy.fuse and unquantized
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Base output plus the adapter's, evaluated on the cheaper engine path."""
@@ -244,7 +250,8 @@ class AdapterLinear(nn.Module):
                 f"input of shape {tuple(x.shape)} does not fit this layer: its last dimension "
                 f"must be in_features={self.in_features}"
             )
-        w0 = self.base_weight()
+        # quantized-base hook: HiRA gets W0 dequantized, the others a stand-in
+        w0 = self.base_weight() if self.quantization is None else quantized.forward_weight(self, x)
         net = self.adapter.network(w0)
         tokens = x.numel() // self.in_features if self.in_features else 0
         policy = execution_policy(w0)
@@ -296,6 +303,9 @@ class AdapterLinear(nn.Module):
         """
         if self.merged:
             raise AdapterStateError("this layer is already merged; unmerge() it first")
+        if self.quantization is not None:  # quantized-base hook: requantizes, warns
+            quantized.merge(self, keep_original)
+            return
         dw = self.delta_weight()
         w0 = self.base_weight()
         merged = w0.to(dw.dtype) + dw
@@ -318,6 +328,9 @@ class AdapterLinear(nn.Module):
         """Remove ``dW`` from the base weight again."""
         if not self.merged:
             raise AdapterStateError("this layer is not merged; nothing to unmerge")
+        if self.quantization is not None:  # quantized-base hook: restores the kept original
+            quantized.unmerge(self)
+            return
         if self._original_weight is not None:
             module_weight(self.base_layer).data.copy_(self._original_weight)
             self._original_weight = None

@@ -12,6 +12,7 @@ from typing import Any, overload
 
 from torch import nn
 
+from tera.adapters import quantized
 from tera.adapters.base import Adapter
 from tera.adapters.config import AdapterConfig, HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig
 from tera.adapters.factors import SharedFactors
@@ -174,7 +175,7 @@ def parameter_report(model: nn.Module, config: AdapterConfig) -> ParameterReport
         for _, m in _modules_to_save(model, config.modules_to_save)
         for p in m.parameters()
     )
-    base = sum(p.numel() for p in model.parameters())
+    base = sum(quantized.numel(p) for p in model.parameters())  # hook: 4-bit packs 2 a byte
     return ParameterReport(sum(t for _, _, t in layers.values()), saved, base, layers)
 
 
@@ -392,14 +393,13 @@ class AdaptedModel(nn.Module):
             for n in self.modules_to_save
             for p in self.base_model.get_submodule(n).parameters()
         )
-        return ParameterReport(
-            adapter, saved, sum(p.numel() for p in self.parameters()) - adapter, layers
-        )
+        total = sum(quantized.numel(p) for p in self.parameters())  # hook: 4-bit weights
+        return ParameterReport(adapter, saved, total - adapter, layers)
 
     def print_trainable_parameters(self) -> None:
         """Print PEFT's line: ``trainable params: N || all params: M || trainable%: P``."""
         trainable = self.trainable_parameter_count()
-        total = sum(p.numel() for p in self.parameters())
+        total = sum(quantized.numel(p) for p in self.parameters())  # hook: 4-bit weights
         print(
             f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}"
@@ -416,27 +416,43 @@ class AdaptedModel(nn.Module):
     # -- merging and unloading -------------------------------------------------------------
     def merge(self) -> None:
         """Merge every adapter into its base weight (inference at base speed)."""
-        for layer in self.adapter_layers.values():
-            layer.merge()
+        with quantized.merge_report():  # quantized-base hook: one warning for all layers
+            for layer in self.adapter_layers.values():
+                layer.merge()
 
     def unmerge(self) -> None:
         """Undo :meth:`merge`."""
         for layer in self.adapter_layers.values():
             layer.unmerge()
 
-    def _replace_layers(self, merge: bool) -> nn.Module:
-        for name, layer in self.adapter_layers.items():
-            if merge and not layer.merged:
-                layer.merge(keep_original=False)
-            if not merge and layer.merged:
-                layer.unmerge()
-            _set_submodule(self.base_model, name, layer.base_layer)
+    def _replace_layers(self, merge: bool, dequantize: bool = False) -> nn.Module:
+        with quantized.merge_report():
+            for name, layer in self.adapter_layers.items():
+                if layer.quantization is not None:  # quantized-base hook
+                    _set_submodule(
+                        self.base_model, name, quantized.unwrap(layer, merge, dequantize)
+                    )
+                    continue
+                if merge and not layer.merged:
+                    layer.merge(keep_original=False)
+                if not merge and layer.merged:
+                    layer.unmerge()
+                _set_submodule(self.base_model, name, layer.base_layer)
         self._layer_names = []
+        if dequantize:  # quantized-base hook: the rest of the model in full precision too
+            quantized.dequantize_model(self.base_model)
         return self.base_model
 
-    def merge_and_unload(self) -> nn.Module:
-        """Merge the adapters and return the base model with plain layers again."""
-        return self._replace_layers(merge=True)
+    def merge_and_unload(self, dequantize: bool = False) -> nn.Module:
+        """Merge the adapters and return the base model with plain layers again.
+
+        On a quantized base (see :mod:`tera.adapters.quantized`) each adapted layer is
+        dequantized, ``dW`` added and the sum requantized, with a
+        :class:`~tera.adapters.quantized.QuantizedMergeWarning` stating the error that
+        introduced (max and rms over the weights); ``dequantize=True`` instead returns
+        float32 ``nn.Linear`` layers holding ``W0 + dW`` for every quantized layer.
+        """
+        return self._replace_layers(merge=True, dequantize=dequantize)
 
     def unload(self) -> nn.Module:
         """Remove the adapters without merging and return the original base model."""
