@@ -133,7 +133,7 @@ def _rank(args: argparse.Namespace) -> int:
 
 _COMPARE_OVERRIDES = (
     "methods", "task", "data", "model", "kind", "targets", "seeds", "steps", "batch_size",
-    "n_train", "n_validation", "n_test", "device", "dtype",
+    "n_train", "n_validation", "n_test", "device", "dtype", "quantize",
 )  # fmt: skip
 
 
@@ -176,6 +176,7 @@ def _compare_preset(args: argparse.Namespace) -> Any:
         n_train=args.n_train,
         n_validation=args.n_validation,
         n_test=args.n_test,
+        quantize=args.quantize,
         settings=settings,
     )
 
@@ -255,6 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-test", type=int)
     p.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bf16", "fp16"), help="the base model's dtype")
+    p.add_argument(
+        "--quantize",
+        choices=("4bit", "8bit"),
+        help="quantize the base model with bitsandbytes (nf4 / LLM.int8()) before adapting it",
+    )
     p.add_argument("--out", default="compare-results")
     p.add_argument("--resume", metavar="DIR", help="continue the comparison saved in DIR")
     p.add_argument("--overwrite", action="store_true", help="discard a comparison in --out")

@@ -517,6 +517,9 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+_BLOCK_4BIT = 64  # bitsandbytes' default 4-bit block size
+
+
 @torch.no_grad()
 def quantize_model(
     model: nn.Module,
@@ -566,7 +569,8 @@ def quantize_model(
     DependencyError
         bitsandbytes is not installed.
     ShapeError
-        ``mode`` is not ``"4bit"`` or ``"8bit"``.
+        ``mode`` is not ``"4bit"`` or ``"8bit"``, or a 4-bit layer's ``in_features`` is not
+        a multiple of bitsandbytes' block of 64.
     TargetError
         ``target_modules`` selects no ``nn.Linear``.
 
@@ -593,6 +597,15 @@ def quantize_model(
         raise TargetError(
             f"target_modules={target_modules!r} selects no full-precision nn.Linear in this "
             "model; nothing to quantize"
+        )
+    narrow = [name for name, lin in found if lin.in_features % _BLOCK_4BIT]
+    if mode == "4bit" and narrow:
+        raise ShapeError(
+            f"4-bit layers need in_features divisible by bitsandbytes' block of {_BLOCK_4BIT} "
+            f"(its CPU kernels fail otherwise), but {', '.join(narrow[:4])} "
+            f"{'have' if len(narrow) > 1 else 'has'} in_features="
+            f"{found[[n for n, _ in found].index(narrow[0])][1].in_features}; quantize "
+            "them to '8bit', or leave them out with target_modules= / keep="
         )
     for name, lin in found:
         weight, bias = lin.weight.detach(), lin.bias

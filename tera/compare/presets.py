@@ -38,6 +38,9 @@ class Preset:
         ``"classifier"`` or ``"causal_lm"``, overriding what the model's config says.
     targets : tuple of str, optional
         The adapted modules; ``None``: the query and value projections found by name.
+    quantize : {"4bit", "8bit"}, optional
+        Quantize the base model's Linear layers with bitsandbytes (nf4 or LLM.int8(); the
+        task head stays in float32) before adapting it, as QLoRA does.
     budget : str
         How long the preset takes, measured (shown by ``tera compare --help``).
     """
@@ -52,6 +55,7 @@ class Preset:
     settings: TrainSettings
     kind: str | None = None
     targets: tuple[str, ...] | None = None
+    quantize: str | None = None
     budget: str = ""
 
     def with_overrides(self, **changes: object) -> Preset:

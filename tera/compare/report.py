@@ -380,6 +380,18 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in _floors(results, t).items()) for t in tasks
     )
     lines.append(f"Floors (test accuracy, %): {floors}.")
+    base_bytes = [
+        e.get("base_weight_bytes")
+        for e in results["methods"].values()
+        if e.get("base_weight_bytes")
+    ]
+    if base_bytes:
+        quant = (results.get("preset") or {}).get("quantize")
+        lines.append("")
+        lines.append(
+            f"Base model weights: {max(base_bytes) / 2**20:.1f} MiB as stored"
+            + (f" ({quant} bitsandbytes layers)." if quant else " (float32).")
+        )
     lines.append("")
     lines.append("Learning rates chosen on validation: " + _lr_notes(results) + ".")
     if any(not e.get("trains", True) for e in results["methods"].values()):

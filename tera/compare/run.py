@@ -321,6 +321,14 @@ class _Runner:
         return self._path(task, method, f"trial-lr={_lr_text(lr)}").with_suffix(".safetensors")
 
     # -- one run -------------------------------------------------------------------------
+    def _load(self, load: Callable[[], LoadedModel]) -> LoadedModel:
+        loaded = load_for_run(load, self.settings)
+        if self.preset.quantize is not None:
+            from tera.adapters import quantize_model
+
+            quantize_model(loaded.model, self.preset.quantize)  # type: ignore[arg-type]
+        return loaded
+
     def _train(
         self,
         load: Callable[[], LoadedModel],
@@ -330,10 +338,13 @@ class _Runner:
         seed: int,
         desc: str,
     ) -> tuple[Any, Any, LoadedModel, dict[str, Any]]:
+        from tera.adapters import weight_bytes
+
         torch.manual_seed(seed)
-        loaded = load_for_run(load, self.settings)
+        loaded = self._load(load)
         base_params = sum(p.numel() for p in loaded.model.parameters())
         base_bytes = _weight_bytes(loaded.model)
+        base_weight_bytes = weight_bytes(loaded.model)
         model, adapted = prepare(loaded, method, seed)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
@@ -349,6 +360,7 @@ class _Runner:
             "adapter_params": adapter_params,
             "head_params": trainable - adapter_params,
             "base_params": base_params,
+            "base_weight_bytes": base_weight_bytes,
         }
         return model, adapted, loaded, info
 
@@ -383,7 +395,7 @@ class _Runner:
     ) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             lr = float(trial["lr"])
-            loaded = load_for_run(load, self.settings)
+            loaded = self._load(load)
             model, adapted = prepare(loaded, method, 0)
             state = load_file(str(self.state_path(task, method, lr)))
             wanted = set(trainable_state(model))
@@ -700,6 +712,7 @@ def _run_method(
             "head_params": first["head_params"],
             "trainable_params": first["adapter_params"] + first["head_params"],
             "base_params": first["base_params"],
+            "base_weight_bytes": first.get("base_weight_bytes"),
         },
     }
     return entry

@@ -525,3 +525,17 @@ def test_parameter_counts_count_4bit_weights_unpacked():
     adapted, ref = adapt(q, cfg), adapt(float_model, config("tera"))
     assert adapted.parameter_report().base == ref.parameter_report().base
     assert adapted.parameter_report().percent == ref.parameter_report().percent
+
+
+def test_quantize_model_refuses_4bit_layers_bitsandbytes_cannot_block():
+    from torch import nn
+
+    from tera.adapters import quantize_model
+    from tera.errors import ShapeError
+
+    narrow = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 64))
+    with pytest.raises(
+        ShapeError, match=r"divisible by bitsandbytes' block of 64.*0 has in_features=32"
+    ):
+        quantize_model(narrow, "4bit")
+    assert type(quantize_model(narrow, "8bit")[0]).__name__ == "Linear8bitLt"

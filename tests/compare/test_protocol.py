@@ -409,3 +409,17 @@ def test_a_resumed_comparison_can_add_methods_and_seeds_but_not_change_the_budge
     longer = more.with_overrides(settings=replace(more.settings, steps=3))
     with pytest.raises(ComparisonExistsError, match="settings differ"):
         compare(longer, tmp_path, log=lambda line: None, resume=True)
+
+
+def test_quantized_base_through_the_harness(tmp_path):
+    """--quantize 8bit: same protocol on a bitsandbytes base; the report gives its bytes."""
+    argv = ["compare", "--preset", "smoke", "--methods", "tera(lr=0.01),lora(lr=0.001)"]
+    argv += ["--seeds", "1", "--steps", "2"]
+    assert main([*argv, "--out", str(tmp_path / "f32")]) == 0
+    assert main([*argv, "--quantize", "8bit", "--out", str(tmp_path / "q8")]) == 0
+    f32, q8 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("f32", "q8"))
+    full = f32["methods"]["lora(lr=0.001)"]["base_weight_bytes"]
+    small = q8["methods"]["lora(lr=0.001)"]["base_weight_bytes"]
+    assert 0 < small < full
+    assert "(8bit bitsandbytes layers)" in (tmp_path / "q8" / "results.md").read_text()
+    assert all(e["tasks"]["synthetic"]["accuracy"] for e in q8["methods"].values())
