@@ -21,7 +21,7 @@ Examples
 >>> from tera.compare.datafile import load_task_file
 >>> path = Path(tempfile.mkdtemp()) / "toy.jsonl"
 >>> rows = [{"text": "great film", "label": "pos"}, {"text": "dull", "label": "neg"}]
->>> _ = path.write_text("\\n".join(json.dumps(r) for r in rows) + "\\n")
+>>> _ = path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 >>> task = load_task_file(path)
 >>> task.name, len(task), task.fixed_choices
 ('toy', 2, ('pos', 'neg'))
@@ -202,7 +202,7 @@ def load_task_file(path: str | Path) -> Task:
     >>> import tempfile
     >>> from pathlib import Path
     >>> path = Path(tempfile.mkdtemp()) / "quiz.csv"
-    >>> _ = path.write_text('question,choices,answer\\n2 + 2 =,3|4,4\\nsky is,blue|red,0\\n')
+    >>> _ = path.write_text('question,choices,answer\n2 + 2 =,3|4,4\nsky is,blue|red,0\n')
     >>> task = load_task_file(path)
     >>> [(e.text, e.choices, e.label) for e in task.examples]
     [('2 + 2 =', ('3', '4'), 1), ('sky is', ('blue', 'red'), 0)]
