@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tera.adapters import AdaptedModel, adapt
-from tera.adapters.io import load_adapter
+from tera.adapters import from_pretrained as load_adapter
 from tera.adapters.layer import AdapterLinear, execution_policy
 from tera.adapters.policy import cuda_tf32_enabled
 from tera.adapters.tera_kernel import scaled_tucker_matrix

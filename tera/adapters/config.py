@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tera.adapters import registry
 from tera.errors import ConfigError, LoadError, RankError, TargetError
 from tera.theory import tera_scheme
 
@@ -357,11 +358,6 @@ class TeRAConfig(AdapterConfig):
         return out
 
 
-_KINDS: dict[str, type[AdapterConfig]] = {
-    c.kind: c for c in (LoRAConfig, VeRAConfig, HiRAConfig, TeRAConfig)
-}
-
-
 def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
     """Rebuild a config from :meth:`AdapterConfig.to_dict` output.
 
@@ -383,9 +379,7 @@ def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
         )
     fields = dict(data)
     kind = fields.pop("kind", None)
-    if kind not in _KINDS:
-        raise LoadError(f"unknown adapter kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
-    cls = _KINDS[kind]
+    cls = registry.config_class(kind)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:

@@ -7,11 +7,13 @@ import torch
 from tera.adapters.base import Adapter
 from tera.adapters.config import HiRAConfig
 from tera.adapters.engine import Network
+from tera.adapters.registry import register
 from tera.theory import hira_parameter_count
 
 __all__ = ["HiRA"]
 
 
+@register
 class HiRA(Adapter):
     """HiRA on one layer: trainable ``A`` (r x in, Kaiming-uniform) and ``B`` (out x r, zeros).
 

@@ -7,11 +7,13 @@ import torch
 from tera.adapters.base import Adapter
 from tera.adapters.config import LoRAConfig
 from tera.adapters.engine import ChainEvaluator, Network
+from tera.adapters.registry import register
 from tera.theory import lora_parameter_count
 
 __all__ = ["LoRA"]
 
 
+@register
 class LoRA(Adapter):
     """LoRA on one layer: trainable ``A`` (r x in) and ``B`` (out x r).
 

@@ -37,6 +37,7 @@ from tera.adapters.base import Adapter
 from tera.adapters.config import TeRAConfig
 from tera.adapters.engine import Network
 from tera.adapters.factors import counter_uniform
+from tera.adapters.registry import register
 from tera.adapters.tera_kernel import TuckerEvaluator
 from tera.tn import multi_mode_product
 
@@ -113,6 +114,7 @@ def _tucker_subscripts(n: int, k: int) -> tuple[tuple[str, ...], str, str]:
     return tuple(subscripts), "".join(mode_syms[:k]), "".join(mode_syms[k:])
 
 
+@register
 class TeRA(Adapter):
     """TeRA on one layer: trainable vectors ``d[0..N-1]``, frozen shared ``G`` and ``A_i``.
 

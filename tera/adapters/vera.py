@@ -9,11 +9,13 @@ import torch
 from tera.adapters.base import Adapter, kaiming_uniform
 from tera.adapters.config import VeRAConfig
 from tera.adapters.engine import ChainEvaluator, Network
+from tera.adapters.registry import register
 from tera.theory import vera_parameter_count
 
 __all__ = ["VeRA"]
 
 
+@register
 class VeRA(Adapter):
     """VeRA on one layer: trainable ``b`` (out, zeros) and ``d`` (r, ``d_initial``).
 
