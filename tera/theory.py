@@ -88,6 +88,12 @@ class TeraScheme(NamedTuple):
         Number of input modes.
     ranks : tuple of int
         ``(R_1, ..., R_N)`` with ``1 <= R_i <= I_i``.
+
+    Examples
+    --------
+    >>> from tera.theory import TeraScheme, tera_scheme
+    >>> tera_scheme(64, 16, in_mode=64, out_mode=4) == TeraScheme((64, 4, 4), 1, (64, 4, 4))
+    True
     """
 
     modes: tuple[int, ...]

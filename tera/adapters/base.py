@@ -34,7 +34,7 @@ class Adapter(nn.Module):
     """Base class: one adapter attached to one layer ``in_features -> out_features``.
 
     Subclasses create their trainable parameters (registered on the module, initial values
-    from :meth:`_initial_parameters`) and their frozen shared factors (requested from
+    from ``_initial_parameters()``) and their frozen shared factors (requested from
     :class:`~tera.adapters.factors.SharedFactors` by key) in ``_build``, which the
     constructor calls; they describe ``dW`` in :meth:`network` (subscripts, shapes and the
     evaluator they declare) and list its current tensors in :meth:`operands`, in the
@@ -45,8 +45,11 @@ class Adapter(nn.Module):
     kind: ClassVar[str] = ""
     config_class: ClassVar[type[AdapterConfig]] = AdapterConfig
     uses_base_weight: ClassVar[bool] = False
-    """Whether dW depends on the base weight (HiRA): merge then keeps a copy to unmerge
-    exactly, and an adapter file alone (without its base model) does not determine dW."""
+    """Whether dW depends on the base weight, as HiRA's does.
+
+    Merging then keeps a copy to unmerge exactly, and an adapter file alone (without its
+    base model) does not determine dW.
+    """
 
     def __init__(
         self,

@@ -308,7 +308,7 @@ class TeRAConfig(AdapterConfig):
         """The config applied to a layer: ``(modes, k, ranks, zero_index)``.
 
         The tensorization is :func:`tera.theory.tera_scheme` (the one function theory and
-        the adapter use); ``zero_index`` is :attr:`zero_init` as a mode index.
+        the adapter use); ``zero_index`` is ``zero_init`` as a mode index.
 
         Raises
         ------

@@ -160,7 +160,7 @@ class SharedFactors(nn.Module):
     def register_buffer(
         self, name: str, tensor: torch.Tensor | None, persistent: bool = True
     ) -> None:
-        """As :meth:`torch.nn.Module.register_buffer` (and drops the cached tensor list)."""
+        """As ``torch.nn.Module.register_buffer`` (and drops the cached tensor list)."""
         self._tensors = None
         super().register_buffer(name, tensor, persistent)
 

@@ -469,7 +469,7 @@ class AdaptedModel(nn.Module):
     ) -> AdaptedModel:
         """Give a model adapted on the ``meta`` device memory, with the adapter initialized.
 
-        As :meth:`torch.nn.Module.to_empty` (every tensor gets uninitialized storage on
+        As ``torch.nn.Module.to_empty`` (every tensor gets uninitialized storage on
         ``device``), then the adapter's tensors get their values: the frozen shared factors
         are regenerated from their seed (bit-exact, fingerprint-checked) and the trainable
         ones re-initialized as :func:`adapt` initializes them. The base weights stay

@@ -19,7 +19,7 @@ True
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from tera.errors import ConfigError, LoadError
 
@@ -29,11 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = ["adapter_class", "adapter_class_for_kind", "config_class", "kinds", "register"]
 
-_A = TypeVar("_A", bound="type[Adapter]")
 _ADAPTERS: dict[str, type[Adapter]] = {}
 
 
-def register(cls: _A) -> _A:
+def register(cls: type[Adapter]) -> type[Adapter]:
     """Class decorator: register an adapter class under its ``kind`` (unique).
 
     Examples
@@ -94,5 +93,11 @@ def adapter_class_for_kind(kind: object) -> type[Adapter]:
 
 
 def config_class(kind: object) -> type[AdapterConfig]:
-    """The config class of the adapter registered as ``kind`` (:class:`LoadError` if none)."""
+    """The config class of the adapter registered as ``kind``.
+
+    Raises
+    ------
+    LoadError
+        For an unknown kind.
+    """
     return adapter_class_for_kind(kind).config_class

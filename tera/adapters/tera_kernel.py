@@ -3,7 +3,7 @@ r"""TeRA's evaluator: the hand-ordered Tucker kernel, with a memory-lean backwar
 TeRA's network (paper Eq. 5) has the operands ``(G, d_1, A_1, ..., d_N, A_N)`` (the order
 :mod:`tera.adapters.tera` builds); its first ``k`` modes index the input features, the rest
 the output features. :class:`TuckerEvaluator` evaluates it for the engine in the
-contraction order of :mod:`tera.tn.kernels` (``d`` folded into the small factors, one GEMM
+contraction order of ``tera.tn.kernels`` (``d`` folded into the small factors, one GEMM
 per group of modes, no permute copies) and adds what training needs on top of that
 algebra:
 
