@@ -276,7 +276,7 @@ class EinsumEvaluator:
     >>> net = Network(("ri", "or"), (torch.ones(2, 3), torch.ones(4, 2)), "i", "o", (3,), (4,))
     >>> ev = EinsumEvaluator(net)
     >>> ev.delta_weight(net.operands).shape, ev.build_flops(False), ev.push_flops(10, False)
-    (torch.Size([4, 3]), 48, 200)
+    (torch.Size([4, 3]), 48, 280)
     """
 
     dense_push = True

@@ -149,8 +149,11 @@ class AdapterLinear(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------
     def base_weight(self) -> torch.Tensor:
-        """The base weight as ``out x in`` (a view; transposed for ``Conv1D``)."""
-        w = module_weight(self.base_layer)
+        """The base weight as ``out x in`` (a view; transposed for ``Conv1D``).
+
+        Called on every forward: the layer's kind was checked when it was wrapped.
+        """
+        w: torch.Tensor = self.base_layer.weight  # type: ignore[assignment]
         return w.T if self._conv1d else w
 
     @_not_compiled
@@ -201,8 +204,7 @@ class AdapterLinear(nn.Module):
                 f"input of shape {tuple(x.shape)} does not fit this layer: its last dimension "
                 f"must be in_features={self.in_features}"
             )
-        w0: torch.Tensor = self.base_layer.weight  # type: ignore[assignment]
-        w0 = w0.T if self._conv1d else w0
+        w0 = self.base_weight()
         engine = self.engine(w0)
         raw = self.adapter.operands(w0)
         tokens = x.numel() // self.in_features if self.in_features else 0
