@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tera.tn.kernels import cuda_tf32_enabled
+from tera.adapters.policy import cuda_tf32_enabled
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The ``--dtype`` choices of the benchmarks."""

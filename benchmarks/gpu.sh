@@ -9,7 +9,7 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 TERA_TEST_DEVICE=cuda "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py \
-  tests/tn/test_kernels.py tests/adapters/test_engine.py tests/adapters/test_dtypes.py
+  tests/tn/test_kernels.py tests/adapters/test_tera_kernel.py tests/adapters/test_engine.py tests/adapters/test_dtypes.py
 "$py" benchmarks/half_policy.py --device cuda --size 4096 --tokens 2048,8192 \
   --out "$out/gpu_half_policy.md"
 "$py" benchmarks/layer_step.py --device cuda --dtype bfloat16 --sizes 1024,4096 \

@@ -46,8 +46,8 @@ from _timing import DTYPES, alternate, emit, machine, markdown_table
 from tera.adapters import TeRAConfig, adapt
 from tera.adapters.engine import delta_weight
 from tera.adapters.layer import AdapterLinear
+from tera.adapters.policy import cuda_tf32
 from tera.tn import suggest_modes
-from tera.tn.kernels import cuda_tf32
 
 Forward = Callable[[AdapterLinear, torch.Tensor], torch.Tensor]
 

@@ -113,12 +113,14 @@ def _skeleton(targets: dict[str, dict[str, int]]) -> nn.Module:
 
 def _rank(args: argparse.Namespace) -> int:
     from tera.adapters import from_pretrained
+    from tera.adapters.registry import adapter_class_for_kind
 
     directory = Path(args.directory)
     meta = json.loads((directory / "adapter_config.json").read_text())
-    if meta["kind"] == "hira":
+    adapter = adapter_class_for_kind(meta["kind"])
+    if adapter.uses_base_weight:
         print(
-            "tera rank: HiRA's dW = W0 * (B A) depends on the base weights, which an adapter "
+            f"tera rank: {adapter.__name__}'s dW depends on the base weights, which an adapter "
             "file does not hold; load it onto its model and use AdapterLinear.delta_weight()"
         )
         return 2

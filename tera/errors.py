@@ -53,8 +53,14 @@ class BackendError(TeraError, TypeError):
     """Inputs are not numpy arrays / torch tensors, or mix the two."""
 
 
-class ConfigError(TeraError, TypeError):
-    """An adapter configuration of the wrong type (not one of the four config classes)."""
+class ConfigError(TeraError, ValueError, TypeError):
+    """A bad adapter configuration: a field with a bad value, or not a config at all.
+
+    Bad values are e.g. ``in_mode=1``, ``dropout=2`` or a ``zero_init`` that is no mode of
+    the layer; a wrong type e.g. ``adapt(model, "tera")``.
+
+    Catchable as ``ValueError`` (a bad value) and as ``TypeError`` (a wrong type).
+    """
 
 
 class TargetError(TeraError, ValueError):

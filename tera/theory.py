@@ -20,11 +20,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tera.errors import RankError, ShapeError
-from tera.tn import kron, rank1_approx, split_dim, unfold
+from tera.errors import RankError, ShapeError, TensorizationError
+from tera.tn import kron, rank1_approx, split_dim, suggest_modes, unfold
 
 __all__ = [
     "TeraErrorBound",
+    "TeraScheme",
     "hira_parameter_count",
     "lora_parameter_count",
     "params_percent",
@@ -32,6 +33,7 @@ __all__ = [
     "tera_error_bound",
     "tera_modes",
     "tera_parameter_count",
+    "tera_scheme",
     "vera_parameter_count",
 ]
 
@@ -75,6 +77,131 @@ def rank_bound(ranks: Sequence[int], k: int) -> int:
     return min(math.prod(rank_t[:k]), math.prod(rank_t[k:]))
 
 
+class TeraScheme(NamedTuple):
+    """A layer's TeRA tensorization: modes (input modes first), ``k`` and Tucker ranks.
+
+    Attributes
+    ----------
+    modes : tuple of int
+        ``(I_1, ..., I_N)``: the input modes, then the output modes.
+    k : int
+        Number of input modes.
+    ranks : tuple of int
+        ``(R_1, ..., R_N)`` with ``1 <= R_i <= I_i``.
+
+    Examples
+    --------
+    >>> from tera.theory import TeraScheme, tera_scheme
+    >>> tera_scheme(64, 16, in_mode=64, out_mode=4) == TeraScheme((64, 4, 4), 1, (64, 4, 4))
+    True
+    """
+
+    modes: tuple[int, ...]
+    k: int
+    ranks: tuple[int, ...]
+
+
+def tera_scheme(
+    in_features: int,
+    out_features: int,
+    in_mode: int | None = None,
+    out_mode: int | None = None,
+    *,
+    in_modes: Sequence[int] | None = None,
+    out_modes: Sequence[int] | None = None,
+    ranks: Sequence[int] | None = None,
+    layer_name: str | None = None,
+    suggest_with: tuple[int, int] | None = None,
+) -> TeraScheme:
+    """TeRA's tensorization of a layer: the one function theory, configs and the adapter use.
+
+    Input modes then output modes (paper Table 9). Equal modes come from
+    :func:`tera.tn.split_dim` (``in_mode``/``out_mode``: a mode size >= the dimension keeps
+    it whole); explicit, unequal modes may be given instead (``in_modes``/``out_modes``).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        The layer's input and output sizes.
+    in_mode, out_mode : int, optional
+        Equal mode sizes (exactly one of ``in_mode``/``in_modes`` per side).
+    in_modes, out_modes : sequence of int, optional
+        Explicit modes whose product is the dimension.
+    ranks : sequence of int, optional
+        Tucker ranks ``1 <= R_i <= I_i``; ``None`` for ``R_i = I_i`` (Theorem 1's full rank).
+    layer_name : str, optional
+        The layer this is for: the errors then name it and say how to fix the adapter's
+        :class:`~tera.adapters.TeRAConfig`.
+    suggest_with : tuple of int, optional
+        The (input, output) mode sizes to suggest explicit modes with in those errors
+        (the config's ``in_mode``/``out_mode``); by default the largest mode given.
+
+    Returns
+    -------
+    TeraScheme
+
+    Raises
+    ------
+    TensorizationError
+        A dimension that the modes do not split.
+    RankError
+        Ranks that do not fit the modes.
+
+    Examples
+    --------
+    >>> from tera.theory import tera_scheme
+    >>> tera_scheme(4096, 4096, in_mode=4096, out_mode=8)
+    TeraScheme(modes=(4096, 8, 8, 8, 8), k=1, ranks=(4096, 8, 8, 8, 8))
+    >>> tera_scheme(576, 192, in_modes=(8, 8, 9), out_mode=192, ranks=(4, 4, 4, 8)).k
+    3
+    """
+    sides = []
+    for side, (size, mode, given, name) in enumerate(
+        [(in_features, in_mode, in_modes, "in"), (out_features, out_mode, out_modes, "out")]
+    ):
+        if (mode is None) == (given is None):
+            raise TensorizationError(f"give exactly one of {name}_mode= or {name}_modes=")
+        if given is not None:
+            mode_t = _positive_ints(given, f"{name}_modes")
+            if math.prod(mode_t) != size:
+                if layer_name is None:
+                    where = f"{name}_features is {size}"
+                else:
+                    hint = suggest_with[side] if suggest_with else max(mode_t)
+                    where = (
+                        f"layer '{layer_name}' has {name}_features={size}; use a dict for "
+                        f"layers of several sizes, e.g. "
+                        f"{name}_modes={{{size}: {suggest_modes(size, hint)}}}"
+                    )
+                raise TensorizationError(
+                    f"{name}_modes {mode_t} multiply to {math.prod(mode_t)} but {where}"
+                )
+            sides.append(mode_t)
+            continue
+        assert mode is not None
+        try:
+            sides.append(split_dim(size, mode))
+        except TensorizationError as err:
+            if layer_name is None:
+                raise
+            raise TensorizationError(
+                f"layer '{layer_name}': {name}_features={size} with {name}_mode={mode}: "
+                f"{err}; set {name}_mode= or {name}_modes= in TeRAConfig"
+            ) from None
+    modes, k = sides[0] + sides[1], len(sides[0])
+    if ranks is None:
+        return TeraScheme(modes, k, modes)
+    rank_t = _positive_ints(ranks, "ranks")
+    if len(rank_t) != len(modes) or any(r > i for r, i in zip(rank_t, modes, strict=True)):
+        if layer_name is None:
+            raise RankError(f"ranks {rank_t} must give one rank 1..I_i per mode of {modes}")
+        raise RankError(
+            f"ranks {rank_t} do not fit layer '{layer_name}' tensorized as {modes}: give one "
+            f"rank 1 <= R_i <= I_i per mode (or ranks=None for R_i = I_i)"
+        )
+    return TeraScheme(modes, k, rank_t)
+
+
 def tera_modes(
     in_features: int,
     out_features: int,
@@ -84,10 +211,7 @@ def tera_modes(
     in_modes: Sequence[int] | None = None,
     out_modes: Sequence[int] | None = None,
 ) -> tuple[tuple[int, ...], int]:
-    """TeRA's tensorization of a layer: input modes then output modes (paper Table 9).
-
-    Equal modes come from :func:`tera.tn.split_dim` (``in_mode``/``out_mode``); explicit,
-    unequal modes may be given instead (``in_modes``/``out_modes``).
+    """TeRA's tensorization of a layer as ``(modes, k)`` (see :func:`tera_scheme`).
 
     Parameters
     ----------
@@ -111,25 +235,10 @@ def tera_modes(
     >>> tera_modes(576, 192, in_modes=(8, 8, 9), out_mode=192)
     ((8, 8, 9, 192), 3)
     """
-    sides = []
-    for size, mode, modes, name in (
-        (in_features, in_mode, in_modes, "in"),
-        (out_features, out_mode, out_modes, "out"),
-    ):
-        if (mode is None) == (modes is None):
-            raise ShapeError(f"give exactly one of {name}_mode= or {name}_modes=")
-        if modes is not None:
-            mode_t = _positive_ints(modes, f"{name}_modes")
-            if math.prod(mode_t) != size:
-                raise ShapeError(
-                    f"{name}_modes {mode_t} multiply to {math.prod(mode_t)} but "
-                    f"{name}_features is {size}"
-                )
-            sides.append(mode_t)
-        else:
-            assert mode is not None
-            sides.append(split_dim(size, mode))
-    return sides[0] + sides[1], len(sides[0])
+    scheme = tera_scheme(
+        in_features, out_features, in_mode, out_mode, in_modes=in_modes, out_modes=out_modes
+    )
+    return scheme.modes, scheme.k
 
 
 def tera_parameter_count(
@@ -149,7 +258,7 @@ def tera_parameter_count(
     in_features, out_features : int
         The layer's input and output sizes.
     in_mode, out_mode : int, optional
-        Equal mode sizes (see :func:`tera_modes`).
+        Equal mode sizes (see :func:`tera_scheme`).
     in_modes, out_modes : sequence of int, optional
         Explicit modes instead.
     ranks : sequence of int, optional
@@ -168,15 +277,16 @@ def tera_parameter_count(
     >>> tera_parameter_count(4096, 4096, in_mode=64, out_mode=64)
     256
     """
-    modes, _ = tera_modes(
-        in_features, out_features, in_mode, out_mode, in_modes=in_modes, out_modes=out_modes
+    scheme = tera_scheme(
+        in_features,
+        out_features,
+        in_mode,
+        out_mode,
+        in_modes=in_modes,
+        out_modes=out_modes,
+        ranks=ranks,
     )
-    if ranks is None:
-        return sum(modes)
-    rank_t = _positive_ints(ranks, "ranks")
-    if len(rank_t) != len(modes) or any(r > i for r, i in zip(rank_t, modes, strict=True)):
-        raise RankError(f"ranks {rank_t} must give one rank 1..I_i per mode of {modes}")
-    return sum(rank_t)
+    return sum(scheme.ranks)
 
 
 def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:

@@ -98,7 +98,7 @@ def test_lora_rank_zero():
 
 def test_zero_init_out_of_range():
     with pytest.raises(
-        ShapeError,
+        ConfigError,
         match=r"zero_init=7 is out of range for layer '0' with 4 modes \(4, 4, 4, 4\); "
         r"use 0..3 \(or -4..-1\)",
     ):
@@ -106,13 +106,14 @@ def test_zero_init_out_of_range():
 
 
 def test_mode_size_of_one():
-    with pytest.raises(ShapeError, match=r"in_mode must be an int >= 2, got 1"):
+    with pytest.raises(ConfigError, match=r"in_mode must be an int >= 2, got 1"):
         TeRAConfig(in_mode=1)
 
 
 def test_modes_given_as_a_single_int():
     with pytest.raises(
-        ShapeError, match=r"in_modes must be a non-empty sequence of sizes >= 1 such as \(8, 8, 9\)"
+        ConfigError,
+        match=r"in_modes must be a non-empty sequence of sizes >= 1 such as \(8, 8, 9\)",
     ):
         TeRAConfig(in_modes=16)
 
@@ -297,7 +298,7 @@ def test_unknown_field_in_a_config_dict():
 
 
 def test_non_numeric_lora_alpha():
-    with pytest.raises(ShapeError, match=r"alpha must be a real number, got 'sixteen'"):
+    with pytest.raises(ConfigError, match=r"alpha must be a real number, got 'sixteen'"):
         LoRAConfig(alpha="sixteen")
 
 
@@ -397,6 +398,7 @@ def test_every_error_is_also_a_builtin_error():
         (BackendError, TypeError),
         (DTypeError, TypeError),
         (ConfigError, TypeError),
+        (ConfigError, ValueError),
     ]:
         assert issubclass(cls, TeraError) and issubclass(cls, builtin)
 

@@ -20,10 +20,11 @@ import pytest
 import torch
 
 from tera.adapters import AdaptedModel, adapt
-from tera.adapters.io import load_adapter
+from tera.adapters import from_pretrained as load_adapter
 from tera.adapters.layer import AdapterLinear, execution_policy
+from tera.adapters.policy import cuda_tf32_enabled
+from tera.adapters.tera_kernel import scaled_tucker_matrix
 from tera.tn import tucker_to_matrix
-from tera.tn.kernels import cuda_tf32_enabled, scaled_tucker_matrix
 from tests.adapters.common import KINDS, inputs, llama, make_config, randomize_adapter
 
 DEVICE = torch.device(os.environ.get("TERA_TEST_DEVICE", "cpu"))

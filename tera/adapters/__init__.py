@@ -20,10 +20,17 @@ from tera.adapters.config import (
     VeRAConfig,
     config_from_dict,
 )
-from tera.adapters.io import load_adapter as from_pretrained
-from tera.adapters.io import load_adapter_weights, save_adapter
 from tera.adapters.layer import AdapterLinear, ExecutionPolicy, execution_policy
-from tera.adapters.model import AdaptedModel, ParameterReport, adapt, find_targets, parameter_report
+from tera.adapters.model import (
+    AdaptedModel,
+    ParameterReport,
+    adapt,
+    find_targets,
+    load_adapter_weights,
+    parameter_report,
+    save_adapter,
+)
+from tera.adapters.model import load_adapter as from_pretrained
 from tera.adapters.quantized import (
     QuantizedMergeWarning,
     dequantize_model,

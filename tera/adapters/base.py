@@ -33,16 +33,23 @@ def kaiming_uniform(key: str, shape: tuple[int, int], fan_in: int) -> torch.Tens
 class Adapter(nn.Module):
     """Base class: one adapter attached to one layer ``in_features -> out_features``.
 
-    Subclasses create their trainable parameters (registered on the module) and their frozen
-    shared factors (requested from :class:`~tera.adapters.factors.SharedFactors` by key) in
-    ``_build``, which the constructor calls, and describe ``dW`` in :meth:`network`. They
-    never evaluate anything themselves: the engine does.
+    Subclasses create their trainable parameters (registered on the module, initial values
+    from ``_initial_parameters()``) and their frozen shared factors (requested from
+    :class:`~tera.adapters.factors.SharedFactors` by key) in ``_build``, which the
+    constructor calls; they describe ``dW`` in :meth:`network` (subscripts, shapes and the
+    evaluator they declare) and list its current tensors in :meth:`operands`, in the
+    network's order (the per-call lookup). They never evaluate anything themselves: the
+    engine does.
     """
 
     kind: ClassVar[str] = ""
     config_class: ClassVar[type[AdapterConfig]] = AdapterConfig
     uses_base_weight: ClassVar[bool] = False
-    """Whether dW depends on the base weight (HiRA); merge then keeps a copy to unmerge exactly."""
+    """Whether dW depends on the base weight, as HiRA's does.
+
+    Merging then keeps a copy to unmerge exactly, and an adapter file alone (without its
+    base model) does not determine dW.
+    """
 
     def __init__(
         self,
@@ -68,12 +75,13 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
     # -- helpers for subclasses ------------------------------------------------------------
-    def _shared_factor(self, key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _shared_factor(self, key: str, build: Callable[[], torch.Tensor]) -> int:
+        """Request the factor ``key`` (built the first time); its index in ``shared.tensors()``."""
         shared: SharedFactors = self._shared  # type: ignore[assignment]
-        tensor = shared.get_or_create(key, build, self._device)
+        shared.get_or_create(key, build, self._device)
         if key not in self._factor_keys:
             self._factor_keys.append(key)
-        return tensor
+        return shared.index(key)
 
     def _factor(self, key: str) -> torch.Tensor:
         shared: SharedFactors = self._shared  # type: ignore[assignment]
@@ -82,14 +90,30 @@ class Adapter(nn.Module):
     def _param(self, value: torch.Tensor) -> nn.Parameter:
         return nn.Parameter(value.to(self._device) if self._device is not None else value)
 
-    def _low_rank_pair(self, r: int) -> tuple[nn.Parameter, nn.Parameter]:
-        """Trainable ``A`` (r x in, Kaiming-uniform, seeded per layer) and ``B`` (out x r, zeros).
+    def _low_rank_pair(self, r: int) -> dict[str, torch.Tensor]:
+        """Initial ``A`` (r x in, Kaiming-uniform, seeded per layer) and ``B`` (out x r, zeros).
 
         The init rule LoRA and HiRA share: ``B A = 0`` at the start.
         """
         key = f"{self.kind}|A|{self.layer_name}|seed={self.config.seed}"
-        a = self._param(kaiming_uniform(key, (r, self.in_features), self.in_features))
-        return a, self._param(torch.zeros(self.out_features, r))
+        a = kaiming_uniform(key, (r, self.in_features), self.in_features)
+        return {"A": a, "B": torch.zeros(self.out_features, r)}
+
+    def _initial_parameters(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors' initial values (CPU), named as in ``named_parameters()``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Write the initial values into the trainable tensors again (deterministic, seeded).
+
+        What a model adapted on the ``meta`` device needs once it has memory (FSDP's
+        ``param_init_fn`` convention; :meth:`~tera.adapters.AdaptedModel.to_empty` calls it).
+        """
+        values = self._initial_parameters()
+        for name, p in self.named_parameters():
+            if not p.is_meta:
+                p.copy_(values[name].to(p.device, p.dtype))
 
     # -- the contract ----------------------------------------------------------------------
     @property
@@ -104,7 +128,14 @@ class Adapter(nn.Module):
         return list(self._factor_keys)
 
     def network(self, base_weight: torch.Tensor) -> Network:
-        """``dW`` as a :class:`~tera.adapters.engine.Network`.
+        """``dW`` as a :class:`~tera.adapters.engine.Network`, with the evaluator it declares.
+
+        ``base_weight`` is the layer's ``out x in`` weight (used by HiRA).
+        """
+        raise NotImplementedError
+
+    def operands(self, base_weight: torch.Tensor) -> list[torch.Tensor]:
+        """The network's current operands, in its order (called on every forward).
 
         ``base_weight`` is the layer's ``out x in`` weight (used by HiRA).
         """

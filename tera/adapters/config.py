@@ -22,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tera.errors import LoadError, RankError, ShapeError, TargetError
+from tera.adapters import registry
+from tera.errors import ConfigError, LoadError, RankError, TargetError
+from tera.theory import tera_scheme
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -50,7 +52,7 @@ def _tuple_of_str(value: str | Sequence[str], name: str) -> str | tuple[str, ...
         return value
     out = tuple(value) if isinstance(value, Sequence | set | frozenset) else ()
     if not out or not all(isinstance(v, str) and v for v in out):
-        raise ShapeError(
+        raise ConfigError(
             f"{name} must be a regex string or a non-empty list of names, got {value!r}"
         )
     return out
@@ -92,16 +94,16 @@ class AdapterConfig:
         elif not isinstance(to_save, Sequence) or not all(
             isinstance(v, str) and v for v in to_save
         ):
-            raise ShapeError(
+            raise ConfigError(
                 f"modules_to_save must be a list of module names such as ['classifier'], "
                 f"got {to_save!r}"
             )
         else:
             object.__setattr__(self, "modules_to_save", tuple(to_save))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ShapeError(f"seed must be an int >= 0, got {self.seed!r}")
+            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         if not 0.0 <= _real(self.dropout, "dropout") < 1.0:
-            raise ShapeError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the fields, with ``"kind"`` naming the adapter."""
@@ -113,12 +115,12 @@ class AdapterConfig:
 
 
 def _real(value: object, name: str) -> float:
-    """``value`` as a finite float, or :class:`ShapeError` naming it."""
+    """``value`` as a finite float, or :class:`~tera.errors.ConfigError` naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ShapeError(f"{name} must be a real number, got {value!r}")
+        raise ConfigError(f"{name} must be a real number, got {value!r}")
     out = float(value)
     if not math.isfinite(out):
-        raise ShapeError(f"{name} must be finite, got {value!r}")
+        raise ConfigError(f"{name} must be finite, got {value!r}")
     return out
 
 
@@ -198,7 +200,7 @@ class HiRAConfig(AdapterConfig):
 def _modes_field(value: Any, name: str) -> tuple[int, ...] | dict[int, tuple[int, ...]] | None:
     if value is None:
         return None
-    bad = ShapeError(
+    bad = ConfigError(
         f"{name} must be a non-empty sequence of sizes >= 1 such as (8, 8, 9), or a dict "
         f"mapping a dimension to such a sequence, got {value!r}"
     )
@@ -295,18 +297,18 @@ class TeRAConfig(AdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.factors not in self.FACTORS:
-            raise ShapeError(f"factors must be one of {self.FACTORS}, got {self.factors!r}")
+            raise ConfigError(f"factors must be one of {self.FACTORS}, got {self.factors!r}")
         if self.init not in self.INITS:
-            raise ShapeError(f"init must be one of {self.INITS}, got {self.init!r}")
+            raise ConfigError(f"init must be one of {self.INITS}, got {self.init!r}")
         if self.init == "paper" and self.scale is not None:
-            raise ShapeError(
+            raise ConfigError(
                 f"scale={self.scale!r} has no effect with init='paper' (the raw draw sets the "
                 "scale); drop scale, or use init='normalized'"
             )
         for name in ("in_mode", "out_mode"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-                raise ShapeError(f"{name} must be an int >= 2, got {value!r}")
+                raise ConfigError(f"{name} must be an int >= 2, got {value!r}")
         object.__setattr__(self, "in_modes", _modes_field(self.in_modes, "in_modes"))
         object.__setattr__(self, "out_modes", _modes_field(self.out_modes, "out_modes"))
         if self.ranks is not None:
@@ -323,9 +325,55 @@ class TeRAConfig(AdapterConfig):
                 )
             object.__setattr__(self, "ranks", tuple(values))
         if not isinstance(self.zero_init, int) or isinstance(self.zero_init, bool):
-            raise ShapeError(f"zero_init must be an int (a mode index), got {self.zero_init!r}")
+            raise ConfigError(f"zero_init must be an int (a mode index), got {self.zero_init!r}")
         if self.scale is not None and not _real(self.scale, "scale") > 0:
-            raise ShapeError(f"scale must be > 0 or None, got {self.scale!r}")
+            raise ConfigError(f"scale must be > 0 or None, got {self.scale!r}")
+
+    def scheme(
+        self, in_features: int, out_features: int, layer_name: str = "?"
+    ) -> tuple[tuple[int, ...], int, tuple[int, ...], int]:
+        """The config applied to a layer: ``(modes, k, ranks, zero_index)``.
+
+        The tensorization is :func:`tera.theory.tera_scheme` (the one function theory and
+        the adapter use); ``zero_index`` is ``zero_init`` as a mode index.
+
+        Raises
+        ------
+        TensorizationError, RankError
+            If the layer's sizes do not fit the modes or ranks.
+        ConfigError
+            If ``zero_init`` is not a mode index of the layer.
+
+        Examples
+        --------
+        >>> from tera.adapters import TeRAConfig
+        >>> TeRAConfig(in_mode=4096, out_mode=8).scheme(4096, 4096)
+        ((4096, 8, 8, 8, 8), 1, (4096, 8, 8, 8, 8), 4)
+        """
+        sides: dict[str, Any] = {}
+        for side, size, mode, modes in (
+            ("in", in_features, self.in_mode, self.in_modes),
+            ("out", out_features, self.out_mode, self.out_modes),
+        ):
+            explicit = modes.get(size) if isinstance(modes, dict) else modes
+            sides[f"{side}_modes" if explicit is not None else f"{side}_mode"] = (
+                explicit if explicit is not None else mode
+            )
+        found = tera_scheme(
+            in_features,
+            out_features,
+            ranks=self.ranks,
+            layer_name=layer_name,
+            suggest_with=(self.in_mode, self.out_mode),
+            **sides,
+        )
+        n = len(found.modes)
+        if not -n <= self.zero_init < n:
+            raise ConfigError(
+                f"zero_init={self.zero_init} is out of range for layer '{layer_name}' with "
+                f"{n} modes {found.modes}; use 0..{n - 1} (or -{n}..-1)"
+            )
+        return found.modes, found.k, found.ranks, self.zero_init % n
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; dict-valued modes get string keys as JSON requires."""
@@ -335,11 +383,6 @@ class TeRAConfig(AdapterConfig):
             if isinstance(value, dict):
                 out[name] = {str(k): list(v) for k, v in value.items()}
         return out
-
-
-_KINDS: dict[str, type[AdapterConfig]] = {
-    c.kind: c for c in (LoRAConfig, VeRAConfig, HiRAConfig, TeRAConfig)
-}
 
 
 def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
@@ -363,9 +406,7 @@ def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
         )
     fields = dict(data)
     kind = fields.pop("kind", None)
-    if kind not in _KINDS:
-        raise LoadError(f"unknown adapter kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
-    cls = _KINDS[kind]
+    cls = registry.config_class(kind)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:

@@ -2,27 +2,32 @@
 
 An adapter describes its weight update as a :class:`Network`: einsum subscripts over its
 operands (trainable vectors/matrices, frozen shared factors, or the base weight itself),
-plus which subscripts index the layer's input and output features. The engine evaluates it
-either by
+which subscripts index the layer's input and output features, and the **evaluator** the
+adapter declares for it. Every evaluator implements one protocol (:class:`Evaluator`):
+build ``dW``, push ``x`` through the operands without forming ``dW``, and the FLOPs of each,
+forward and backward. Three exist:
 
-* **materializing** ``dW`` (``out x in``) with one planned contraction and running one
-  matmul, or
-* **pushing** the activations ``x`` through the operands without forming ``dW``,
+* :class:`~tera.adapters.tera_kernel.TuckerEvaluator`, TeRA's hand-ordered Tucker kernel
+  (in :mod:`tera.adapters.tera_kernel`, beside TeRA);
+* :class:`ChainEvaluator`, the chain of thin ``F.linear`` steps LoRA and VeRA declare;
+* :class:`EinsumEvaluator`, the planned einsum (opt_einsum), the default for any other
+  network (HiRA's Hadamard product with ``W0``, custom networks).
 
-and picks the cheaper for the actual token count using the FLOP counts of the planned
-contractions (plans are cached per shapes by :func:`tera.tn.plan`), forward and, when the
-adapter trains, backward. Both give the same result up to rounding.
+The engine then chooses between **materializing** ``dW`` (``out x in``, one matmul, fused
+into ``W0`` when the :mod:`execution policy <tera.adapters.policy>` allows) and **pushing**
+the activations, from the evaluator's FLOP counts for the call's token count alone (forward
+and, when the adapter trains, backward); it has no adapter-specific branch. Both paths give
+the same result up to rounding.
 
-A network may carry a hand-tuned :class:`TuckerKernel` for materializing ``dW`` (TeRA's
-Tucker network: ``d`` folded into the small factors, one GEMM per mode, a backward that
-keeps nothing of the size of ``dW``); the generic planned einsum serves everything else.
+A layer's evaluator is built, and its network validated, once (:class:`LayerEngine`); the
+per-call path does no validation, no planning and builds no objects beyond the tensors.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast
 
@@ -30,26 +35,28 @@ import opt_einsum
 import torch
 import torch.nn.functional as F
 
+from tera.adapters.policy import ExecutionPolicy, cuda_tf32
+from tera.errors import ShapeError
 from tera.tn import ContractionPlan, plan
-from tera.tn.kernels import (
-    scaled_tucker_flops,
-    scaled_tucker_matrix,
-    scaled_tucker_push,
-    scaled_tucker_push_flops,
-)
 
 __all__ = [
-    "DeltaKernel",
+    "COMPUTE_DTYPE",
+    "ChainEvaluator",
+    "EinsumEvaluator",
+    "EvalPath",
+    "Evaluator",
+    "LayerEngine",
     "Network",
-    "Path",
-    "TuckerKernel",
+    "build_evaluator",
     "choose_path",
     "delta_weight",
     "path_costs",
     "push",
+    "validate_network",
 ]
 
-Path = Literal["materialize", "push"]
+EvalPath = Literal["materialize", "push"]
+"""The two ways the engine evaluates an adapter."""
 COMPUTE_DTYPE = torch.float32
 """Adapters compute in at least float32 (half inputs are upcast, the result cast back)."""
 
@@ -58,79 +65,51 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _not_compiled(fn: _F) -> _F:
-    """Keep ``torch.compile`` out of planning (Python bookkeeping around opt_einsum)."""
+    """Keep ``torch.compile`` out of planning and decisions (Python bookkeeping)."""
     return cast(_F, torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
 
 
-class DeltaKernel(Protocol):
-    """Hand-tuned evaluators of one network: its ``dW`` (``out x in``) and its push."""
+class Evaluator(Protocol):
+    """How one network of fixed shapes is evaluated: the protocol of every evaluator.
 
-    def __call__(self, operands: list[torch.Tensor]) -> torch.Tensor:
-        """``dW`` (``out x in``, unscaled) from the network's operands."""
+    An evaluator is built once per layer from a :class:`Network` (``Evaluator(net)``), which
+    it may validate further; its methods then take the operands in the network's order,
+    already in the compute dtype with ``Network.scale`` folded in, and check nothing.
+
+    Attributes
+    ----------
+    dense_push : bool
+        Whether the push is dense arithmetic, priced at the policy's ``push_rate``
+        (TeRA's core, HiRA's base weight); a chain of thin matrices (LoRA, VeRA) is bound
+        by memory traffic and keeps a rate of one.
+    """
+
+    dense_push: bool
+
+    def delta_weight(self, operands: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``dW`` as ``out x in`` (unscaled: the scale is folded into the operands)."""
         ...
 
-    def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
-        """FLOPs of the forward (or of the backward) evaluation."""
-        ...
-
-    def push(self, operands: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def push(self, operands: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``, without forming ``dW``."""
         ...
 
-    def push_flops(self, shapes: tuple[tuple[int, ...], ...], tokens: int, backward: bool) -> int:
-        """FLOPs of :meth:`push` on ``tokens`` rows (forward, or its backward)."""
+    def build_flops(self, backward: bool) -> int:
+        """FLOPs of :meth:`delta_weight`'s forward (or of its backward alone)."""
+        ...
+
+    def push_flops(self, tokens: int, backward: bool) -> int:
+        """FLOPs of :meth:`push` on ``tokens`` rows (forward, or its backward alone)."""
         ...
 
 
-@dataclass(frozen=True)
-class TuckerKernel:
-    """``dW`` of a Tucker network with operands ``(G, d_1, A_1, ..., d_N, A_N)``.
-
-    The first ``k`` modes index the input features, the rest the output features (TeRA's
-    layout), so the paper-orientation matrix ``in x out`` is returned transposed (a view).
-    Evaluated by :func:`tera.tn.kernels.scaled_tucker_matrix`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from tera.adapters.engine import TuckerKernel
-    >>> G, A1, A2 = torch.randn(3, 2), torch.randn(3, 3), torch.randn(2, 2)
-    >>> dW = TuckerKernel(k=1)([G, torch.ones(3), A1, torch.ones(2), A2])
-    >>> dW.shape, bool(torch.allclose(dW, (A1.T @ G @ A2).T, atol=1e-6))
-    (torch.Size([2, 3]), True)
-    """
-
-    k: int
-
-    def __call__(self, operands: list[torch.Tensor]) -> torch.Tensor:
-        """``dW`` as ``out x in``."""
-        core, vectors, factors = operands[0], operands[1::2], operands[2::2]
-        return scaled_tucker_matrix(core, vectors, factors, self.k, transpose=True)
-
-    @staticmethod
-    def _ranks_and_modes(shapes: tuple[tuple[int, ...], ...]) -> tuple[list[int], list[int]]:
-        factors = shapes[2::2]
-        return [f[0] for f in factors], [f[1] for f in factors]
-
-    def flops(self, shapes: tuple[tuple[int, ...], ...], backward: bool) -> int:
-        """FLOPs from :func:`tera.tn.kernels.scaled_tucker_flops`."""
-        ranks, modes = self._ranks_and_modes(shapes)
-        return scaled_tucker_flops(ranks, modes, backward=backward)
-
-    def push(self, operands: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """``x @ dW.T`` by :func:`tera.tn.kernels.scaled_tucker_push`."""
-        core, vectors, factors = operands[0], operands[1::2], operands[2::2]
-        return scaled_tucker_push(x, core, vectors, factors, self.k)
-
-    def push_flops(self, shapes: tuple[tuple[int, ...], ...], tokens: int, backward: bool) -> int:
-        """FLOPs from :func:`tera.tn.kernels.scaled_tucker_push_flops`."""
-        ranks, modes = self._ranks_and_modes(shapes)
-        return scaled_tucker_push_flops(ranks, modes, self.k, tokens, backward=backward)
+EvaluatorFactory = Callable[["Network"], Evaluator]
+"""What an adapter declares: a callable (an evaluator class) building it from a network."""
 
 
 @dataclass(frozen=True)
 class Network:
-    """An adapter's ``dW`` as an einsum network.
+    """An adapter's ``dW`` as an einsum network, with the evaluator it declares.
 
     Attributes
     ----------
@@ -149,8 +128,9 @@ class Network:
         Sizes of the output subscripts.
     scale : float
         A scalar applied to ``dW``.
-    kernel : DeltaKernel or None
-        A hand-tuned evaluator of ``dW`` used instead of the planned einsum.
+    evaluator : callable or None
+        The evaluator class the adapter declares (built with the network); ``None``: the
+        planned einsum, :class:`EinsumEvaluator`.
 
     Examples
     --------
@@ -169,7 +149,7 @@ class Network:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     scale: float = 1.0
-    kernel: DeltaKernel | None = None
+    evaluator: EvaluatorFactory | None = None
 
     @property
     def in_features(self) -> int:
@@ -203,6 +183,55 @@ class Network:
         return tuple(tuple(op.shape) for op in self.operands)
 
 
+def validate_network(net: Network) -> None:
+    """Raise :class:`~tera.errors.ShapeError` unless the network is consistent.
+
+    One subscript string per operand, one letter per operand dimension, every letter of one
+    size wherever it appears, and the input/output subscripts naming letters of the
+    operands with the sizes ``in_shape``/``out_shape``. Called once, when a layer's
+    evaluator is built.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, validate_network
+    >>> validate_network(Network(("ri", "or"), (torch.ones(2, 3), torch.ones(4, 3)),
+    ...                          "i", "o", (3,), (4,)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tera.errors.ShapeError: subscript 'r' has size 3 in operand 1 ('or', shape (4, 3)) but 2 ...
+    """
+    if len(net.subscripts) != len(net.operands):
+        raise ShapeError(
+            f"the network has {len(net.subscripts)} subscript strings but "
+            f"{len(net.operands)} operands; give one subscript string per operand"
+        )
+    sizes: dict[str, int] = {}
+    for i, (sub, op) in enumerate(zip(net.subscripts, net.operands, strict=True)):
+        if len(sub) != op.ndim:
+            raise ShapeError(
+                f"operand {i} has shape {tuple(op.shape)} but subscripts {sub!r}; give one "
+                "letter per dimension"
+            )
+        for letter, size in zip(sub, op.shape, strict=True):
+            if sizes.setdefault(letter, int(size)) != size:
+                raise ShapeError(
+                    f"subscript {letter!r} has size {int(size)} in operand {i} ({sub!r}, shape "
+                    f"{tuple(op.shape)}) but {sizes[letter]} in an earlier operand; the "
+                    "operands do not form the network"
+                )
+    for side, subs, shape in (
+        ("in", net.in_subscripts, net.in_shape),
+        ("out", net.out_subscripts, net.out_shape),
+    ):
+        found = tuple(sizes.get(s) for s in subs)
+        if found != tuple(shape):
+            raise ShapeError(
+                f"{side}_subscripts {subs!r} have sizes {found} in the operands but "
+                f"{side}_shape is {tuple(shape)}"
+            )
+
+
 def _limit(output: int, shapes: tuple[tuple[int, ...], ...]) -> int:
     """No intermediate larger than the output or the largest operand (see tera.tn.plan)."""
     return max(output, *(math.prod(s) for s in shapes))
@@ -215,94 +244,96 @@ def _dw_plan(net: Network) -> ContractionPlan:
     return plan(net.dw_equation(), *shapes, memory_limit=limit)
 
 
-@_not_compiled
 def _push_plan(net: Network, tokens: int) -> ContractionPlan:
-    shapes = ((tokens, *net.in_shape), *net.shapes())
-    limit = _limit(tokens * max(net.in_features, net.out_features), shapes)
-    return plan(net.push_equation(), *shapes, memory_limit=limit)
+    return _planned_push(net.push_equation(), net.shapes(), net.in_shape, net.out_shape, tokens)
 
 
-def _operands(net: Network, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
-    """The operands in the compute dtype, ``net.scale`` folded into the smallest one.
-
-    Scaling ``r`` numbers instead of the ``tokens x out`` result saves a pass each way.
-    """
-    if dtype is not None:
-        ops = [op.to(dtype) for op in net.operands]
-    else:
-        ops = [
-            op if op.dtype == COMPUTE_DTYPE or op.dtype == torch.float64 else op.to(COMPUTE_DTYPE)
-            for op in net.operands
-        ]
-    if net.scale != 1.0:
-        smallest = min(range(len(ops)), key=lambda i: ops[i].numel())
-        ops[smallest] = ops[smallest] * net.scale
-    return ops
+@_not_compiled
+def _planned_push(
+    equation: str,
+    shapes: tuple[tuple[int, ...], ...],
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    tokens: int,
+) -> ContractionPlan:
+    full = ((tokens, *in_shape), *shapes)
+    limit = _limit(tokens * max(math.prod(in_shape), math.prod(out_shape)), full)
+    return plan(equation, *full, memory_limit=limit)
 
 
-def delta_weight(net: Network, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Materialize ``dW`` (``out_features x in_features``) in at least float32.
+class EinsumEvaluator:
+    """The planned einsum: the default evaluator of any network.
 
-    ``dtype`` forces the precision of the whole evaluation (e.g. ``torch.float64`` to
-    measure the rank of a poorly conditioned TeRA update).
+    ``dW`` is one contraction planned by :func:`tera.tn.plan` (planned here, once); the
+    push is one planned contraction per token count (planned on first use of that count).
+    Pushing with a trainable matrix (LoRA's ``A``/``B``, HiRA's) costs its forward again for
+    the weight gradients, on top of the input gradient.
 
     Examples
     --------
     >>> import torch
-    >>> from tera.adapters.engine import Network, delta_weight
-    >>> net = Network(("o", "i"), (torch.ones(2), torch.ones(3)), "i", "o", (3,), (2,))
-    >>> delta_weight(net).tolist()
-    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    >>> from tera.adapters.engine import EinsumEvaluator, Network
+    >>> net = Network(("ri", "or"), (torch.ones(2, 3), torch.ones(4, 2)), "i", "o", (3,), (4,))
+    >>> ev = EinsumEvaluator(net)
+    >>> ev.delta_weight(net.operands).shape, ev.build_flops(False), ev.push_flops(10, False)
+    (torch.Size([4, 3]), 48, 280)
     """
-    ops = _operands(net, dtype)
-    if net.kernel is not None:
-        dw = net.kernel(ops)
-    else:
-        dw = _dw_plan(net)(*ops).reshape(net.out_features, net.in_features)
-    return dw
+
+    dense_push = True
+
+    def __init__(self, net: Network) -> None:
+        # shapes and equations only: no reference to the operands outlives the build
+        self._out, self._in = net.out_features, net.in_features
+        self._in_shape, self._out_shape = tuple(net.in_shape), tuple(net.out_shape)
+        self._shapes = net.shapes()
+        self._push_equation = net.push_equation()
+        self._dw = _dw_plan(net)
+        self._push_plans: dict[int, ContractionPlan] = {}
+        self._trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
+
+    def _push_plan(self, tokens: int) -> ContractionPlan:
+        found = self._push_plans.get(tokens)
+        if found is None:
+            if len(self._push_plans) >= 64:
+                self._push_plans.clear()
+            found = self._push_plans[tokens] = _planned_push(
+                self._push_equation, self._shapes, self._in_shape, self._out_shape, tokens
+            )
+        return found
+
+    def delta_weight(self, operands: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``dW`` (``out x in``) by the planned contraction."""
+        return self._dw(*operands).reshape(self._out, self._in)
+
+    def push(self, operands: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``x @ dW.T`` by the planned contraction for ``x``'s token count."""
+        lead = tuple(x.shape[:-1])
+        tokens = math.prod(lead)
+        xt = x.reshape(tokens, *self._in_shape)
+        out = self._push_plan(tokens)(xt, *operands)
+        return out.reshape(*lead, self._out)
+
+    def build_flops(self, backward: bool) -> int:
+        """The plan's FLOPs; its backward about twice as many."""
+        return (2 if backward else 1) * self._dw.flops
+
+    def push_flops(self, tokens: int, backward: bool) -> int:
+        """The plan's FLOPs; its backward retraces it, twice with trainable matrices.
+
+        The input gradient costs the forward again; trainable matrices (LoRA) add as much
+        again for their weight gradients, trainable vectors only cheap reductions.
+        """
+        flops = self._push_plan(tokens).flops
+        return (2 if self._trains_matrix else 1) * flops if backward else flops
 
 
-def push(net: Network, x: torch.Tensor) -> torch.Tensor:
-    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)`` without forming ``dW``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from tera.adapters.engine import Network, delta_weight, push
-    >>> A, B = torch.randn(2, 3), torch.randn(4, 2)
-    >>> net = Network(("ri", "or"), (A, B), "i", "o", (3,), (4,))
-    >>> x = torch.randn(5, 3)
-    >>> torch.allclose(push(net, x), x @ delta_weight(net).T, atol=1e-6)
-    True
-    """
-    ops = _operands(net)
-    if x.dtype != ops[0].dtype:
-        x = x.to(ops[0].dtype)
-    if net.kernel is not None:
-        return net.kernel.push(ops, x)
-    chain = _chain(net)
-    if chain is not None:
-        return _push_chain(chain, ops, x)
-    lead = tuple(x.shape[:-1])
-    tokens = math.prod(lead)
-    xt = x.reshape(tokens, *net.in_shape)
-    out = _push_plan(net, tokens)(xt, *ops)
-    return out.reshape(*lead, net.out_features)
-
-
-_Step = tuple[int, bool, list[int]]
+_Step = tuple[int, bool, tuple[int, ...]]
 """One matrix of a chain: operand index, whether it is stored ``next x current`` (as
 ``F.linear`` wants it), and the indices of the vectors scaling its output index."""
 
 
-def _chain(net: Network) -> tuple[_Step, ...] | None:
-    """The network as a chain ``x -> M_1 -> diag(v) -> M_2 ...`` (LoRA, VeRA), else None."""
-    return _chain_of(net.subscripts, net.in_subscripts, net.out_subscripts)
-
-
-@functools.lru_cache(maxsize=256)
 def _chain_of(subs: tuple[str, ...], in_sub: str, out_sub: str) -> tuple[_Step, ...] | None:
-    """:func:`_chain` from the subscripts alone (fixed per adapter, so cached)."""
+    """The network as a chain ``x -> M_1 -> diag(v) -> M_2 ...`` (LoRA, VeRA), else None."""
     if len(in_sub) != 1 or len(out_sub) != 1:
         return None
     if any(len(sub) not in (1, 2) or (len(sub) == 2 and sub[0] == sub[1]) for sub in subs):
@@ -321,32 +352,237 @@ def _chain_of(subs: tuple[str, ...], in_sub: str, out_sub: str) -> tuple[_Step, 
         used.add(i)
         stored_next_first = subs[i][1] == current
         current = subs[i][0] if stored_next_first else subs[i][1]
-        steps.append((i, stored_next_first, vectors.pop(current, [])))
+        steps.append((i, stored_next_first, tuple(vectors.pop(current, []))))
     leading = vectors.pop(in_sub, None)
     if vectors or leading or len(used) != len(matrices):
         return None
-    return tuple(steps)  # immutable: the cache shares it
+    return tuple(steps)
 
 
-def _push_chain(chain: tuple[_Step, ...], ops: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``F.linear`` through the chain, as HF PEFT's LoRA/VeRA layers compute.
+class ChainEvaluator(EinsumEvaluator):
+    """A chain ``x -> M_1 -> diag(v) -> M_2 -> diag(w) ...`` pushed with ``F.linear``.
 
-    A frozen vector is folded into its matrix (a pass over ``r x in`` numbers instead of
-    ``tokens x r``); a trainable one scales the activations, so its gradient is a cheap
-    reduction and not the weight gradient of the folded matrix (a GEMM over the tokens).
+    Declared by LoRA (``B A``) and VeRA (``diag(b) B diag(d) A``): the push runs as HF
+    PEFT's layers compute, one ``F.linear`` per thin matrix; ``dW`` and the FLOP counts are
+    the planned einsum's (:class:`EinsumEvaluator`). Bound by memory traffic, not by
+    FLOPs, so the float32 push rate of a half-precision GPU policy does not apply.
+
+    Raises
+    ------
+    ShapeError
+        If the network is not such a chain.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import ChainEvaluator, Network
+    >>> A, B = torch.randn(2, 3), torch.randn(4, 2)
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (3,), (4,))
+    >>> x = torch.randn(5, 3)
+    >>> bool(torch.allclose(ChainEvaluator(net).push(net.operands, x), x @ (B @ A).T))
+    True
     """
-    h = x
-    grad = torch.is_grad_enabled()
-    for i, stored_next_first, vector_ids in chain:
-        m = ops[i] if stored_next_first else ops[i].T
-        trainable = [v for v in vector_ids if grad and ops[v].requires_grad]
-        for v in vector_ids:
-            if v not in trainable:
-                m = ops[v][:, None] * m
-        h = F.linear(h, m)
-        for v in trainable:
-            h = h * ops[v]
-    return h
+
+    dense_push = False
+
+    def __init__(self, net: Network) -> None:
+        chain = _chain_of(net.subscripts, net.in_subscripts, net.out_subscripts)
+        if chain is None:
+            raise ShapeError(
+                f"the network {net.dw_equation()!r} is not a chain of matrices and vectors "
+                "from the input to the output index; declare no evaluator (the planned "
+                "einsum) for it"
+            )
+        super().__init__(net)
+        self._chain = chain
+
+    def push(self, operands: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` through the chain.
+
+        A frozen vector is folded into its matrix (a pass over ``r x in`` numbers instead
+        of ``tokens x r``); a trainable one scales the activations, so its gradient is a
+        cheap reduction and not the weight gradient of the folded matrix.
+        """
+        h = x
+        grad = torch.is_grad_enabled()
+        for i, stored_next_first, vector_ids in self._chain:
+            m = operands[i] if stored_next_first else operands[i].T
+            scaling = []
+            for v in vector_ids:
+                if grad and operands[v].requires_grad:
+                    scaling.append(operands[v])
+                else:
+                    m = operands[v][:, None] * m
+            h = F.linear(h, m)
+            for vec in scaling:
+                h = h * vec
+        return h
+
+
+def build_evaluator(net: Network) -> Evaluator:
+    """Validate ``net`` and build the evaluator it declares (the planned einsum by default).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, build_evaluator
+    >>> net = Network(("oi", "or", "ri"), (torch.ones(4, 3), torch.ones(4, 2), torch.ones(2, 3)),
+    ...               "i", "o", (3,), (4,))
+    >>> type(build_evaluator(net)).__name__
+    'EinsumEvaluator'
+    """
+    validate_network(net)
+    factory = net.evaluator if net.evaluator is not None else EinsumEvaluator
+    return factory(net)
+
+
+def _prepare(
+    operands: Sequence[torch.Tensor], scale: float, scale_index: int, dtype: torch.dtype | None
+) -> list[torch.Tensor]:
+    """The operands in the compute dtype, ``scale`` folded into operand ``scale_index``.
+
+    Scaling the smallest operand (``r`` numbers) instead of the ``tokens x out`` result
+    saves a pass each way.
+    """
+    if dtype is not None:
+        ops = [op.to(dtype) for op in operands]
+    else:
+        ops = [
+            op if op.dtype == COMPUTE_DTYPE or op.dtype == torch.float64 else op.to(COMPUTE_DTYPE)
+            for op in operands
+        ]
+    if scale != 1.0:
+        ops[scale_index] = ops[scale_index] * scale
+    return ops
+
+
+def _smallest(net: Network) -> int:
+    return min(range(len(net.operands)), key=lambda i: net.operands[i].numel())
+
+
+class LayerEngine:
+    """The engine of one adapted layer: its evaluator, its execution policy, its decisions.
+
+    Built once per layer and base dtype/device (the evaluator once per layer: validation
+    and planning happen here); :meth:`choose` prices both paths from the evaluator's FLOP
+    counts and the policy's rates alone and remembers the decision per token count.
+
+    Parameters
+    ----------
+    net : Network
+        The layer's network (its operands give the shapes; their values are not kept).
+    policy : ExecutionPolicy
+        How the layer runs on its base's device and dtype.
+    evaluator : Evaluator, optional
+        An evaluator already built for ``net`` (when only the policy changes).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import LayerEngine, Network
+    >>> from tera.adapters.policy import ExecutionPolicy
+    >>> A, B = torch.ones(2, 64), torch.ones(64, 2)   # LoRA-like, rank 2
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (64,), (64,))
+    >>> engine = LayerEngine(net, ExecutionPolicy(fuse=True, apply_dtype=None))
+    >>> engine.choose(4, fused=False, backward=False), engine.choose(4096, True, False)
+    ('push', 'materialize')
+    """
+
+    def __init__(
+        self, net: Network, policy: ExecutionPolicy, evaluator: Evaluator | None = None
+    ) -> None:
+        self.evaluator: Evaluator = evaluator if evaluator is not None else build_evaluator(net)
+        self.policy = policy
+        self.scale = float(net.scale)
+        self.scale_index = _smallest(net)
+        self.size = net.in_features * net.out_features
+        self._push_rate = policy.push_rate if self.evaluator.dense_push else 1.0
+        self._decisions: dict[tuple[int, bool, bool], EvalPath] = {}
+
+    def operands(
+        self, operands: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+    ) -> list[torch.Tensor]:
+        """The operands as the evaluator takes them (compute dtype, scale folded in)."""
+        return _prepare(operands, self.scale, self.scale_index, dtype)
+
+    def costs(self, tokens: int, fused: bool, backward: bool) -> dict[EvalPath, float]:
+        """Extra FLOPs of each path over the base layer (see :func:`path_costs`)."""
+        ev, size, rate = self.evaluator, self.size, self.policy.build_rate
+        materialize = rate * ev.build_flops(False) + (size if fused else 2 * tokens * size)
+        pushed = ev.push_flops(tokens, False)
+        if backward:
+            materialize += rate * ev.build_flops(True) + 2 * tokens * size
+            materialize += 0 if fused else 2 * tokens * size
+            pushed += ev.push_flops(tokens, True)
+        return {"materialize": materialize, "push": self._push_rate * pushed}
+
+    @_not_compiled
+    def choose(self, tokens: int, fused: bool, backward: bool) -> EvalPath:
+        """The cheaper path for ``tokens`` rows (ties go to materializing), remembered."""
+        key = (tokens, fused, backward)
+        path = self._decisions.get(key)
+        if path is None:
+            costs = self.costs(max(tokens, 1), fused, backward)
+            path = "materialize" if costs["materialize"] <= costs["push"] else "push"
+            if len(self._decisions) >= 256:
+                self._decisions.clear()
+            self._decisions[key] = path
+        return path
+
+    def delta_weight(self, operands: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``dW`` (``out x in``) from prepared operands, under the policy's precision."""
+        if self.policy.tf32_build:
+            with cuda_tf32(True):
+                return self.evaluator.delta_weight(operands)
+        return self.evaluator.delta_weight(operands)
+
+    def push(self, operands: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``x @ dW.T`` from prepared operands (``x`` cast to their dtype)."""
+        if x.dtype != operands[0].dtype:
+            x = x.to(operands[0].dtype)
+        return self.evaluator.push(operands, x)
+
+
+def _engine(
+    net: Network, build_rate: float = 1.0, push_rate: float = 1.0, fuse: bool = True
+) -> LayerEngine:
+    policy = ExecutionPolicy(fuse, None, build_rate=build_rate, push_rate=push_rate)
+    return LayerEngine(net, policy)
+
+
+def delta_weight(net: Network, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Materialize ``dW`` (``out_features x in_features``) in at least float32.
+
+    ``dtype`` forces the precision of the whole evaluation (e.g. ``torch.float64`` to
+    measure the rank of a poorly conditioned TeRA update).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, delta_weight
+    >>> net = Network(("o", "i"), (torch.ones(2), torch.ones(3)), "i", "o", (3,), (2,))
+    >>> delta_weight(net).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
+    engine = _engine(net)
+    return engine.evaluator.delta_weight(engine.operands(net.operands, dtype))
+
+
+def push(net: Network, x: torch.Tensor) -> torch.Tensor:
+    """``x @ dW.T`` for ``x`` of shape ``(..., in_features)`` without forming ``dW``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.engine import Network, delta_weight, push
+    >>> A, B = torch.randn(2, 3), torch.randn(4, 2)
+    >>> net = Network(("ri", "or"), (A, B), "i", "o", (3,), (4,))
+    >>> x = torch.randn(5, 3)
+    >>> torch.allclose(push(net, x), x @ delta_weight(net).T, atol=1e-6)
+    True
+    """
+    engine = _engine(net)
+    return engine.push(engine.operands(net.operands), x)
 
 
 def path_costs(
@@ -356,23 +592,24 @@ def path_costs(
     backward: bool = False,
     build_rate: float = 1.0,
     push_rate: float = 1.0,
-) -> dict[Path, float]:
+) -> dict[EvalPath, float]:
     """Estimated extra cost of each path over the frozen base layer's matmuls, in FLOPs.
 
     ``fused`` means the materialized ``dW`` is added to the base weight and one matmul
     serves both (no second ``2 * tokens * in * out`` product). ``backward`` adds the cost
     of the backward pass when the adapter trains: materializing then pays for the gradient
     of ``dW`` (``2 * tokens * in * out``), the backward of its construction and, unfused,
-    a second input-gradient product; pushing pays about its forward again (the input
-    gradient), twice when matrices train (LoRA's weight gradients).
+    a second input-gradient product; pushing pays its evaluator's backward (about its
+    forward again for the input gradient, twice when matrices train).
 
     ``build_rate`` and ``push_rate`` weigh the FLOPs of building ``dW`` and of the push
     path against those of the matmuls with the activations, when they run at other speeds:
     on a GPU with a bfloat16 base, ``dW`` is built in TF32 (half the speed of bf16 tensor
     cores) and the push runs in float32 (~14x slower per FLOP on an H100). ``push_rate``
     applies to dense pushes (TeRA's core, HiRA's base weight); a chain of thin matrices
-    (LoRA, VeRA) is bound by memory traffic, not by FLOPs, and keeps a rate of one (the
-    choice HF PEFT makes for them: they push in float32 whatever the base).
+    (LoRA, VeRA: :class:`ChainEvaluator`) is bound by memory traffic, not by FLOPs, and
+    keeps a rate of one (the choice HF PEFT makes for them: they push in float32 whatever
+    the base).
 
     Examples
     --------
@@ -384,29 +621,7 @@ def path_costs(
     >>> c["push"] < c["materialize"]   # training: the weight gradient of dW is expensive
     True
     """
-    size = net.in_features * net.out_features
-    shapes = net.shapes()
-    if net.kernel is not None:
-        make, make_backward = net.kernel.flops(shapes, False), net.kernel.flops(shapes, True)
-    else:
-        make = _dw_plan(net).flops
-        make_backward = 2 * make
-    materialize = build_rate * make + (size if fused else 2 * tokens * size)
-    if backward:
-        materialize += build_rate * make_backward + 2 * tokens * size
-        materialize += 0 if fused else 2 * tokens * size
-    if net.kernel is not None:
-        push_flops = net.kernel.push_flops(shapes, tokens, False)
-        push_flops += net.kernel.push_flops(shapes, tokens, True) if backward else 0
-    else:
-        push_flops = _push_plan(net, tokens).flops
-        if backward:
-            # the input gradient retraces the forward; trainable matrices (LoRA) add as much
-            # again for their weight gradients, trainable vectors only cheap reductions
-            trains_matrix = any(op.requires_grad and op.ndim >= 2 for op in net.operands)
-            push_flops *= 3 if trains_matrix else 2
-    thin = net.kernel is None and _chain(net) is not None
-    return {"materialize": materialize, "push": (1.0 if thin else push_rate) * push_flops}
+    return _engine(net, build_rate, push_rate).costs(tokens, fused, backward)
 
 
 @_not_compiled
@@ -417,10 +632,12 @@ def choose_path(
     backward: bool = False,
     build_rate: float = 1.0,
     push_rate: float = 1.0,
-) -> Path:
+) -> EvalPath:
     """The cheaper evaluation for ``tokens`` rows of input (ties go to materializing).
 
-    The arguments after ``tokens`` are those of :func:`path_costs`.
+    The arguments after ``tokens`` are those of :func:`path_costs`. A layer decides with
+    its own :class:`LayerEngine`, which remembers its decisions; this function builds one
+    for the network each call.
 
     Examples
     --------
@@ -431,30 +648,27 @@ def choose_path(
     >>> choose_path(net, tokens=4, fused=False), choose_path(net, tokens=4096, fused=True)
     ('push', 'materialize')
     """
-    key = (_structure(net), tokens, fused, backward, build_rate, push_rate)
-    path = _DECISIONS.get(key)
-    if path is None:
-        costs = path_costs(net, max(tokens, 1), fused, backward, build_rate, push_rate)
-        path = "materialize" if costs["materialize"] <= costs["push"] else "push"
-        if len(_DECISIONS) >= _DECISIONS_MAX:
-            _DECISIONS.clear()
-        _DECISIONS[key] = path
-    return path
+    return _engine(net, build_rate, push_rate).choose(tokens, fused, backward)
 
 
-_DECISIONS: dict[tuple[object, ...], Path] = {}
-_DECISIONS_MAX = 4096
-"""Decisions of :func:`choose_path` by network structure and arguments: planning costs
-tens of microseconds per call, which a small layer (or a GPU, waiting on Python) feels."""
+_RENAMED = {"Path": "EvalPath", "DeltaKernel": "Evaluator"}
 
 
-def _structure(net: Network) -> tuple[object, ...]:
-    """Everything :func:`path_costs` reads from a network: its shapes, not its values."""
-    return (
-        net.subscripts,
-        net.in_subscripts,
-        net.out_subscripts,
-        net.shapes(),
-        net.kernel,
-        tuple(op.requires_grad and op.ndim >= 2 for op in net.operands),
-    )
+def __getattr__(name: str) -> Any:
+    """Deprecated names, with a warning.
+
+    ``Path`` is now :data:`EvalPath` (it shadowed :class:`pathlib.Path`), ``DeltaKernel``
+    :class:`Evaluator` and ``TuckerKernel``
+    :class:`tera.adapters.tera_kernel.TuckerEvaluator`.
+    """
+    if name in _RENAMED or name == "TuckerKernel":
+        new = _RENAMED.get(name, "tera.adapters.tera_kernel.TuckerEvaluator")
+        warnings.warn(
+            f"tera.adapters.engine.{name} is deprecated; use {new}", DeprecationWarning, 2
+        )
+        if name == "TuckerKernel":
+            from tera.adapters.tera_kernel import TuckerEvaluator
+
+            return TuckerEvaluator
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from tera.errors import LoadError
+from tera.errors import FingerprintError, LoadError
 
 __all__ = ["SharedFactors", "counter_uniform", "fingerprint"]
 
@@ -128,10 +129,40 @@ class SharedFactors(nn.Module):
         super().__init__()
         self._names: dict[str, str] = {}
         self._fingerprints: dict[str, str] = {}
+        self._builders: dict[str, Callable[[], torch.Tensor]] = {}
+        self._built: dict[str, str] = {}  # fingerprints as first built (set() may replace)
+        self._tensors: list[torch.Tensor] | None = None
 
     def keys(self) -> list[str]:
         """The factor keys held, in creation order."""
         return list(self._names)
+
+    def index(self, key: str) -> int:
+        """Position of ``key`` in :meth:`tensors` (fixed once the factor exists)."""
+        return list(self._names).index(key)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The current tensors in creation order (the per-call lookup of the layers).
+
+        Cached: rebuilt after the buffers change (a new factor, ``.to()``, ``to_empty()``).
+        """
+        found = self._tensors
+        if found is None:
+            found = self._tensors = [self.get(key) for key in self._names]
+        return found
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SharedFactors:
+        self._tensors = None
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self._tensors = None
+        return self
+
+    def register_buffer(
+        self, name: str, tensor: torch.Tensor | None, persistent: bool = True
+    ) -> None:
+        """As ``torch.nn.Module.register_buffer`` (and drops the cached tensor list)."""
+        self._tensors = None
+        super().register_buffer(name, tensor, persistent)
 
     def get(self, key: str) -> torch.Tensor:
         """The current tensor for ``key`` (after any ``.to``)."""
@@ -152,9 +183,38 @@ class SharedFactors(nn.Module):
             self._fingerprints[key] = fingerprint([(key, tensor)])
             if device is not None:
                 tensor = tensor.to(device)
-            self.register_buffer(name, tensor, persistent=False)
             self._names[key] = name
+            self._builders[key] = build
+            self._built[key] = self._fingerprints[key]
+            self.register_buffer(name, tensor, persistent=False)
         return self.get(key)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Regenerate every factor in place from its seed (after ``to_empty``, or on ``meta``).
+
+        The values are rebuilt in creation order by the same bit-exact generator and checked
+        against the fingerprint taken at creation, then written into the current buffers
+        (keeping their device and dtype). This is how a model adapted on the ``meta``
+        device gets its factors: FSDP's ``param_init_fn`` and
+        :meth:`~tera.adapters.AdaptedModel.to_empty` call it.
+
+        Raises
+        ------
+        FingerprintError
+            If a regenerated factor differs from the one first built.
+        """
+        for key in self._names:
+            value = self._builders[key]()
+            if fingerprint([(key, value)]) != self._built[key]:
+                raise FingerprintError(
+                    f"factor {key!r} regenerated differently from the one first built; the "
+                    "generator is not deterministic on this platform: report this as a bug"
+                )
+            self._fingerprints[key] = self._built[key]
+            current = self.get(key)
+            if not current.is_meta:  # on meta there is nothing to write into
+                current.copy_(value.to(current.device, current.dtype))
 
     def set(self, key: str, value: torch.Tensor) -> None:
         """Replace the values of an existing factor (shape must match)."""

@@ -7,11 +7,13 @@ import torch
 from tera.adapters.base import Adapter
 from tera.adapters.config import HiRAConfig
 from tera.adapters.engine import Network
+from tera.adapters.registry import register
 from tera.theory import hira_parameter_count
 
 __all__ = ["HiRA"]
 
 
+@register
 class HiRA(Adapter):
     """HiRA on one layer: trainable ``A`` (r x in, Kaiming-uniform) and ``B`` (out x r, zeros).
 
@@ -31,14 +33,21 @@ class HiRA(Adapter):
     config: HiRAConfig
 
     def _build(self) -> None:
-        config = self.config
-        self.A, self.B = self._low_rank_pair(config.r)
+        init = self._initial_parameters()
+        self.A, self.B = self._param(init["A"]), self._param(init["B"])
+
+    def _initial_parameters(self) -> dict[str, torch.Tensor]:
+        return self._low_rank_pair(self.config.r)
+
+    def operands(self, base_weight: torch.Tensor) -> list[torch.Tensor]:
+        """``[W0 (detached), B, A]``."""
+        return [base_weight.detach(), self.B, self.A]
 
     def network(self, base_weight: torch.Tensor) -> Network:
-        """``dW[o, i] = W0[o, i] * sum_r B[o, r] A[r, i]``."""
+        """``dW[o, i] = W0[o, i] * sum_r B[o, r] A[r, i]`` (the planned einsum evaluates it)."""
         return Network(
             ("oi", "or", "ri"),
-            (base_weight.detach(), self.B, self.A),
+            tuple(self.operands(base_weight)),
             "i",
             "o",
             (self.in_features,),

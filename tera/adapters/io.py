@@ -1,52 +1,92 @@
-"""Saving and loading adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""The adapter file format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-The JSON records the adapter kind, the library and format versions, the config, the
-adapted layer names and shapes, the seed and a SHA-256 fingerprint of the frozen shared
-factors. The safetensors file holds the trainable tensors (and ``modules_to_save``), plus
-the frozen factors only when asked for: a TeRA adapter for 64 layers of 4096 x 4096 is about
-1 MB, not the 134 MB of its factors. Loading regenerates the factors from the seed and
-refuses to continue if their fingerprint differs: never a silently different model.
+This module only reads and writes the two files; what goes into them is decided by
+:class:`~tera.adapters.AdaptedModel` (``save_pretrained``, ``from_pretrained``,
+``load_adapter_weights``). The JSON records the adapter kind, the library and format
+versions, the config, the adapted layer names and shapes, the seed and a SHA-256
+fingerprint of the frozen shared factors. The safetensors file holds the trainable tensors
+(and ``modules_to_save``), plus the frozen factors only when asked for: a TeRA adapter for
+64 layers of 4096 x 4096 is about 1 MB, not the 134 MB of its factors.
 
 Both files are written in full to temporary names and only then renamed into place (a
 failed rename is rolled back), so a failure mid-save leaves a previously saved adapter
-intact and no temporary files behind.
+intact and no temporary files behind. A save *killed* midway (no ``finally`` runs) leaves
+its hidden ``.<name>.<hex>.tmp``/``.bak`` files; the next save into that directory removes
+them (only files named so). Two processes saving into one directory at the same time are
+not supported (only the main process of a distributed run saves).
+
+Tensors are checked when read: a file holding NaN or inf (a corrupted download, a diverged
+run) is refused with an error naming the tensor.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from tera.adapters.config import config_from_dict
-from tera.errors import FingerprintError, LoadError
-
-if TYPE_CHECKING:
-    from tera.adapters.model import AdaptedModel
+from tera.errors import LoadError
 
 __all__ = [
     "CONFIG_NAME",
+    "FACTOR_PREFIX",
     "FORMAT_VERSION",
+    "SAVE_PREFIX",
     "WEIGHTS_NAME",
-    "load_adapter",
-    "load_adapter_weights",
-    "save_adapter",
+    "read_meta",
+    "read_tensors",
+    "sweep_leftovers",
+    "write_adapter",
 ]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
-_FACTOR_PREFIX = "tera_factors."
-_SAVE_PREFIX = "modules_to_save."
+FACTOR_PREFIX = "tera_factors."
+"""Names of the frozen factors in the weights file (when saved with ``include_factors``)."""
+SAVE_PREFIX = "modules_to_save."
+"""Prefix of the ``modules_to_save`` tensors in the weights file."""
+_LEFTOVER = re.compile(
+    r"\.("
+    + "|".join(re.escape(n) for n in (CONFIG_NAME, WEIGHTS_NAME))
+    + r")\.[0-9a-f]{32}\.(tmp|bak)"
+)
+
+
+def sweep_leftovers(directory: str | Path) -> list[str]:
+    """Remove what killed saves left in ``directory``: ``.<file>.<hex>.tmp`` / ``.bak`` only.
+
+    Returns the names removed. Any other file, hidden or not, is left alone.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from tera.adapters.io import sweep_leftovers
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (Path(d) / f".adapter_config.json.{'0' * 32}.tmp").write_text("{")
+    ...     _ = (Path(d) / ".mine.tmp").write_text("kept")
+    ...     sweep_leftovers(d), sorted(p.name for p in Path(d).iterdir())
+    (['.adapter_config.json.00000000000000000000000000000000.tmp'], ['.mine.tmp'])
+    """
+    removed = []
+    for entry in sorted(Path(directory).iterdir()):
+        if _LEFTOVER.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:  # pragma: no cover - removed meanwhile
+                continue
+            removed.append(entry.name)
+    return removed
 
 
 def _write_files(directory: Path, writers: dict[str, Callable[[str], object]]) -> None:
@@ -95,78 +135,51 @@ def _write_files(directory: Path, writers: dict[str, Callable[[str], object]]) -
                 leftover.unlink()
 
 
-def _state(model: AdaptedModel, include_factors: bool) -> dict[str, torch.Tensor]:
-    tensors = {name: p.detach() for name, p in model.adapter_parameters()}
-    for mname in model.modules_to_save:
-        for pname, p in model.base_model.get_submodule(mname).named_parameters():
-            tensors[f"{_SAVE_PREFIX}{mname}.{pname}"] = p.detach()
-    if include_factors:
-        for i, (_key, t) in enumerate(model.shared_factors.items()):
-            tensors[f"{_FACTOR_PREFIX}{i}"] = t.detach()
-    return {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+def write_adapter(
+    directory: str | Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> None:
+    """Write the two files of an adapter into ``directory`` (created if missing), atomically.
 
-
-def save_adapter(model: AdaptedModel, directory: str | Path, include_factors: bool = False) -> None:
-    """Save an adapted model's adapter (see the module docstring for the format).
-
-    Parameters
-    ----------
-    model : AdaptedModel
-        The model returned by :func:`tera.adapters.adapt`.
-    directory : str or Path
-        Created if missing; the two files inside are replaced atomically.
-    include_factors : bool
-        Also store the frozen shared factors (for portability to a future tera whose
-        generator differs, or for auditing).
+    ``meta`` becomes ``adapter_config.json`` (``format_version`` is set here), ``tensors``
+    (CPU, contiguous) ``adapter_model.safetensors``. Leftovers of killed saves are swept
+    first (:func:`sweep_leftovers`).
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt
-    >>> config = TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"])
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), config)
+    >>> import tempfile, os, torch
+    >>> from tera.adapters.io import read_tensors, write_adapter
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     sorted(os.listdir(d))
-    ['adapter_config.json', 'adapter_model.safetensors']
+    ...     write_adapter(d, {"kind": "lora"}, {"x": torch.ones(2)})
+    ...     sorted(os.listdir(d)), read_tensors(d)["x"].tolist()
+    (['adapter_config.json', 'adapter_model.safetensors'], [1.0, 1.0])
     """
-    from tera import __version__
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    shared = model.shared_factors
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "library": "tera",
-        "library_version": __version__,
-        "kind": model.adapter_config.kind,
-        "config": model.adapter_config.to_dict(),
-        "seed": model.adapter_config.seed,
-        "targets": {
-            name: {"in_features": layer.in_features, "out_features": layer.out_features}
-            for name, layer in model.adapter_layers.items()
-        },
-        "modules_to_save": list(model.modules_to_save),
-        "factor_keys": shared.keys(),
-        "factor_fingerprint": shared.fingerprint(),
-        "includes_factors": include_factors,
-    }
-    tensors = _state(model, include_factors)
+    sweep_leftovers(directory)
+    full = {"format_version": FORMAT_VERSION, **meta}
+    state = dict(tensors)
     _write_files(
         directory,
         {
             WEIGHTS_NAME: lambda tmp: save_file(
-                tensors, tmp, metadata={"format": "pt", "library": "tera"}
+                state, tmp, metadata={"format": "pt", "library": "tera"}
             ),
             CONFIG_NAME: lambda tmp: Path(tmp).write_text(
-                json.dumps(meta, indent=2, sort_keys=True) + "\n"
+                json.dumps(full, indent=2, sort_keys=True) + "\n"
             ),
         },
     )
 
 
-def _read_meta(directory: Path) -> dict[str, Any]:
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of ``directory``, its format version checked.
+
+    Raises
+    ------
+    LoadError
+        Missing or invalid JSON, or a format newer than this tera reads.
+    """
+    directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise LoadError(
@@ -187,190 +200,42 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     return meta  # type: ignore[no-any-return]
 
 
-def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    path = directory / WEIGHTS_NAME
+def read_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``adapter_model.safetensors`` in ``directory``, all of them finite.
+
+    Raises
+    ------
+    LoadError
+        Missing, truncated or corrupted file, or a tensor holding NaN or inf (named).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from tera.adapters.io import read_tensors, write_adapter
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_adapter(d, {}, {"layer.adapter.d.0": torch.tensor([1.0, float("nan")])})
+    ...     read_tensors(d)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tera.errors.LoadError: tensor 'layer.adapter.d.0' in ... holds 1 NaN/inf value(s) ...
+    """
+    path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise LoadError(f"no {WEIGHTS_NAME} in {directory}; the adapter's weights are missing")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise LoadError(
             f"{path} cannot be read ({err}); the file is corrupted or truncated: save the "
             "adapter again with save_pretrained()"
         ) from None
-
-
-def load_adapter(
-    model: nn.Module, directory: str | Path, is_trainable: bool = False
-) -> AdaptedModel:
-    """Attach a saved adapter to ``model`` (the inverse of :func:`save_adapter`).
-
-    Parameters
-    ----------
-    model : nn.Module
-        A base model with the same layer names and shapes as the one the adapter was
-        trained on.
-    directory : str or Path
-        Directory written by ``save_pretrained``.
-    is_trainable : bool
-        Keep the adapter's parameters trainable (to continue training); by default they are
-        frozen for inference, as in PEFT.
-
-    Returns
-    -------
-    AdaptedModel
-
-    Raises
-    ------
-    LoadError
-        Missing or corrupted files, a newer format, other layer names or shapes.
-    FingerprintError
-        The regenerated frozen factors differ from those the adapter was trained with.
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, from_pretrained
-    >>> torch.manual_seed(0); base = nn.Sequential(nn.Linear(16, 16))  # doctest: +ELLIPSIS
-    <...>
-    >>> model = adapt(base, TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"]))
-    >>> with torch.no_grad(): _ = model.base_model[0].adapter.d[-1].fill_(0.5)
-    >>> x = torch.randn(2, 16); y = model(x)
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     loaded = from_pretrained(model.unload(), d)
-    >>> torch.equal(loaded(x), y)
-    True
-    """
-    from tera.adapters.model import adapt
-
-    directory = Path(directory)
-    meta = _read_meta(directory)
-    config = config_from_dict(meta["config"])
-    targets: dict[str, dict[str, int]] = meta["targets"]
-    for name, shape in targets.items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise LoadError(
-                f"the adapter in {directory} adapts '{name}', which this model does not have; "
-                "load it into the architecture it was trained on"
-            ) from None
-        from tera.adapters.layer import linear_shape
-
-        in_f, out_f = linear_shape(module, name)
-        if (in_f, out_f) != (shape["in_features"], shape["out_features"]):
-            raise LoadError(
-                f"layer '{name}' is {in_f} -> {out_f} in this model but "
-                f"{shape['in_features']} -> {shape['out_features']} in the saved adapter"
-            )
-    tensors = _read_tensors(directory)
-    adapted = adapt(model, config, targets=list(targets))
-    try:
-        _restore(adapted, meta, tensors, directory)
-    except Exception:
-        adapted.unload()
-        raise
-    for _, p in adapted.adapter_parameters():
-        p.requires_grad_(is_trainable)
-    return adapted
-
-
-def load_adapter_weights(model: AdaptedModel, directory: str | Path) -> None:
-    """Load a saved adapter's tensors into a model that already carries the same adapter.
-
-    The inverse of :func:`~tera.adapters.save_adapter` for resuming training (what Hugging Face
-    ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the adapter's
-    parameters (and ``modules_to_save``) are overwritten in place and keep their
-    ``requires_grad``, so an optimizer holding them stays valid.
-
-    Raises
-    ------
-    LoadError
-        Missing or corrupted files, or an adapter saved with another configuration or on
-        other layers.
-    FingerprintError
-        The frozen factors differ from those the adapter was trained with.
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     with torch.no_grad(): _ = model.base_model[0].adapter.d[0].fill_(3.0)
-    ...     model.load_adapter_weights(d)
-    >>> model.base_model[0].adapter.d[0].tolist()
-    [1.0, 1.0, 1.0, 1.0]
-    """
-    directory = Path(directory)
-    meta = _read_meta(directory)
-    config = config_from_dict(meta["config"])
-    if config != model.adapter_config:
-        raise LoadError(
-            f"the adapter in {directory} was saved with {config!r}, but this model carries "
-            f"{model.adapter_config!r}; load it with from_pretrained() into a fresh base model"
-        )
-    saved, here = list(meta["targets"]), list(model.adapter_layers)
-    if sorted(saved) != sorted(here):
-        raise LoadError(
-            f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
-            f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
-        )
-    _restore(model, meta, _read_tensors(directory), directory)
-
-
-def _restore(
-    adapted: AdaptedModel, meta: dict[str, Any], tensors: dict[str, torch.Tensor], directory: Path
-) -> None:
-    shared = adapted.shared_factors
-    if meta.get("includes_factors"):
-        for i, key in enumerate(meta["factor_keys"]):
-            name = f"{_FACTOR_PREFIX}{i}"
-            if name not in tensors or key not in shared.keys():  # noqa: SIM118
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
                 raise LoadError(
-                    f"{directory / WEIGHTS_NAME} lacks the factor '{key}' it should include"
+                    f"tensor '{name}' in {path} holds {bad} NaN/inf value(s) of {t.numel()}; "
+                    "the file is corrupted (or was saved from a diverged run): download or "
+                    "save it again"
                 )
-            shared.set(key, tensors.pop(name))
-    if sorted(shared.keys()) != sorted(meta["factor_keys"]):
-        raise FingerprintError(
-            f"this tera builds factors {shared.keys()} for the adapter but it was saved with "
-            f"{meta['factor_keys']}; the factor scheme changed between versions"
-        )
-    found = shared.fingerprint()
-    if found != meta["factor_fingerprint"]:
-        where = (
-            "the factors stored in the file"
-            if meta.get("includes_factors")
-            else (f"the factors regenerated from seed {meta['seed']}")
-        )
-        raise FingerprintError(
-            f"{where} do not match the fingerprint saved with the adapter "
-            f"({found[:12]}... vs {meta['factor_fingerprint'][:12]}...): loading would give a "
-            "different model. Re-save the adapter with include_factors=True where it was trained."
-        )
-    expected = {name: p for name, p in adapted.adapter_parameters()}
-    for mname in meta.get("modules_to_save", []):
-        for pname, p in adapted.base_model.get_submodule(mname).named_parameters():
-            expected[f"{_SAVE_PREFIX}{mname}.{pname}"] = p
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise LoadError(
-            f"{directory / WEIGHTS_NAME} does not fit the adapter: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    with torch.no_grad():
-        for name, p in expected.items():
-            value = tensors[name]
-            if tuple(value.shape) != tuple(p.shape):
-                raise LoadError(
-                    f"tensor '{name}' has shape {tuple(value.shape)} in the file but "
-                    f"{tuple(p.shape)} here"
-                )
-            p.copy_(value.to(p.device, p.dtype))
-    adapted.modules_to_save = list(meta.get("modules_to_save", []))
+    return tensors

@@ -6,7 +6,6 @@ Supports ``torch.nn.Linear`` (weight ``out x in``) and Hugging Face's GPT-2 styl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -15,12 +14,21 @@ from torch import nn
 
 from tera.adapters import quantized
 from tera.adapters.base import Adapter
-from tera.adapters.engine import Path, choose_path, delta_weight, push
+from tera.adapters.engine import EvalPath, Evaluator, LayerEngine, _not_compiled, build_evaluator
 from tera.adapters.factors import SharedFactors
+from tera.adapters.policy import (
+    FLOAT32_COST,
+    HALF_DTYPES,
+    TF32_COST,
+    ExecutionPolicy,
+    execution_policy,
+)
 from tera.errors import AdapterStateError, DTypeError, MergeError, ShapeError, TargetError
-from tera.tn.kernels import cuda_tf32
 
 __all__ = [
+    "FLOAT32_COST",
+    "HALF_DTYPES",
+    "TF32_COST",
     "AdapterLinear",
     "ExecutionPolicy",
     "execution_policy",
@@ -63,83 +71,6 @@ def linear_shape(module: nn.Module, name: str = "?") -> tuple[int, int]:
     raise TargetError(
         f"module '{name}' is a {type(module).__name__}; adapters wrap torch.nn.Linear (or "
         "transformers' Conv1D) layers only: narrow target_modules to the Linear layers"
-    )
-
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-FLOAT32_COST = 14.0
-"""How much one float32 FLOP costs on a GPU, in half-precision FLOPs.
-
-Measured on an H100, which ran a bf16 ``Linear(4096, 4096)`` training step 14.4x faster than
-the float32 one (docs/performance.md)."""
-TF32_COST = 2.0
-"""How much one TF32 FLOP costs on a GPU, in half-precision FLOPs (half the rate, per spec)."""
-
-
-@dataclass(frozen=True)
-class ExecutionPolicy:
-    """How an adapted layer evaluates its adapter, decided by its base weight.
-
-    Attributes
-    ----------
-    fuse : bool
-        Whether a materialized ``dW`` may be added to ``W0`` for one matmul (the sum is
-        formed in float32 and rounded once: exactly the weight that
-        :meth:`~tera.adapters.AdapterLinear.merge` writes). Also needs a plain linear
-        layer and no active dropout.
-    apply_dtype : torch.dtype or None
-        The dtype of an unfused adapter matmul with the activations (``None``: the
-        adapter's own, float32 or float64).
-    tf32_build : bool
-        Build ``dW`` with TF32 tensor cores (float32 range, 10-bit mantissa; the result is
-        rounded to the base's 8- or 10-bit half precision anyway).
-    build_rate : float
-        Cost of one FLOP of building ``dW``, in units of the base layer's matmul FLOPs
-        (see :func:`~tera.adapters.engine.path_costs`).
-    push_rate : float
-        Cost of one FLOP of the push path, in the same units.
-    """
-
-    fuse: bool
-    apply_dtype: torch.dtype | None
-    tf32_build: bool = False
-    build_rate: float = 1.0
-    push_rate: float = 1.0
-
-
-def execution_policy(base_weight: torch.Tensor) -> ExecutionPolicy:
-    """The :class:`ExecutionPolicy` for a base weight's dtype and device.
-
-    The adapter's own numbers (trainable tensors, shared factors, ``dW``) stay at least
-    float32 whatever the base's dtype. Then:
-
-    * float32/float64 base: fused, everything in the adapter's dtype;
-    * half-precision base (bfloat16/float16) on a CPU: unfused, the adapter's matmul in
-      float32 (most CPUs emulate half GEMMs: 4.5x slower than float32 on an AVX2 EPYC);
-    * half-precision base on an accelerator: fused in the base dtype (one half GEMM, 10-15x
-      faster than float32 there), ``dW`` built in TF32 on CUDA; the push path still runs in
-      float32 and is priced so (:data:`~tera.adapters.layer.FLOAT32_COST`).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from tera.adapters.layer import execution_policy
-    >>> policy = execution_policy(torch.zeros(2, dtype=torch.bfloat16))   # on a CPU
-    >>> policy.fuse, policy.apply_dtype
-    (False, torch.float32)
-    """
-    dtype = base_weight.dtype
-    if dtype not in HALF_DTYPES:
-        return ExecutionPolicy(fuse=True, apply_dtype=None)
-    if base_weight.device.type == "cpu":
-        return ExecutionPolicy(fuse=False, apply_dtype=torch.float32)
-    tf32 = base_weight.device.type == "cuda"
-    return ExecutionPolicy(
-        fuse=True,
-        apply_dtype=dtype,
-        tf32_build=tf32,
-        build_rate=TF32_COST if tf32 else FLOAT32_COST,
-        push_rate=FLOAT32_COST,
     )
 
 
@@ -204,8 +135,19 @@ class AdapterLinear(nn.Module):
         self.merged = False
         self.disabled = False
         self.path: EnginePath = "auto"
-        self.last_path: Path | None = None
+        self.last_path: EvalPath | None = None
         self._original_weight: torch.Tensor | None = None
+        # decided once: the layer's kind, and the evaluator the adapter declares (its network
+        # validated and planned here, from shapes only: this works on the meta device too)
+        self._conv1d = is_conv1d(base_layer)
+        # a quantized base (bitsandbytes, torchao) is never fused: quantized-base hook
+        self._fusable_layer = (
+            type(base_layer) is nn.Linear or self._conv1d
+        ) and self.quantization is None
+        self._has_dropout = dropout > 0
+        self._evaluator: Evaluator = build_evaluator(adapter.network(self.base_weight()))
+        self._engine: LayerEngine | None = None
+        self._engine_for: tuple[torch.dtype, torch.device] | None = None
 
     def adapter_parameter_count(self) -> int:
         """Number of the adapter's own parameters on this layer."""
@@ -213,15 +155,38 @@ class AdapterLinear(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------
     def base_weight(self) -> torch.Tensor:
-        """The base weight as ``out x in`` (a view; transposed for ``Conv1D``)."""
+        """The base weight as ``out x in`` (a view; transposed for ``Conv1D``).
+
+        Called on every forward: the layer's kind was checked when it was wrapped. A
+        quantized base gives its dequantized weight (a copy).
+        """
         if self.quantization is not None:  # quantized-base hook: dequantized, a copy
             return quantized.dequantize_weight(self.base_layer)
-        w = module_weight(self.base_layer)
-        return w.T if is_conv1d(self.base_layer) else w
+        w: torch.Tensor = self.base_layer.weight  # type: ignore[assignment]
+        return w.T if self._conv1d else w
+
+    @_not_compiled
+    def engine(self, base_weight: torch.Tensor | None = None) -> LayerEngine:
+        """The layer's :class:`~tera.adapters.engine.LayerEngine` for its base's dtype/device.
+
+        Built on first use and again only when the base weight moves to another dtype or
+        device (the execution policy depends on them; the evaluator does not).
+        """
+        w0 = self.base_weight() if base_weight is None else base_weight
+        engine = self._engine
+        if engine is None or self._engine_for != (w0.dtype, w0.device):
+            # execution_policy is looked up here, in this module (tests force a policy)
+            engine = LayerEngine(
+                self.adapter.network(w0), execution_policy(w0), evaluator=self._evaluator
+            )
+            self._engine, self._engine_for = engine, (w0.dtype, w0.device)
+        return engine
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``dW`` as ``out x in``, in float32 (float64 for a float64 model, or ``dtype``)."""
-        return delta_weight(self.adapter.network(self.base_weight()), dtype)
+        w0 = self.base_weight()
+        engine = self.engine(w0)
+        return engine.evaluator.delta_weight(engine.operands(self.adapter.operands(w0), dtype))
 
     @torch.no_grad()
     def delta_rank(self) -> int:
@@ -235,10 +200,8 @@ class AdapterLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def _can_fuse(self, policy: ExecutionPolicy) -> bool:
-        fusable_layer = type(self.base_layer) is nn.Linear or is_conv1d(self.base_layer)
-        no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
-        unquantized = self.quantization is None  # quantized-base hook: never fused
-        return fusable_layer and no_dropout and policy.fuse and unquantized
+        no_dropout = not self._has_dropout or not self.training
+        return self._fusable_layer and no_dropout and policy.fuse
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Base output plus the adapter's, evaluated on the cheaper engine path."""
@@ -252,25 +215,19 @@ class AdapterLinear(nn.Module):
             )
         # quantized-base hook: HiRA gets W0 dequantized, the others a stand-in
         w0 = self.base_weight() if self.quantization is None else quantized.forward_weight(self, x)
-        net = self.adapter.network(w0)
+        engine = self.engine(w0)
+        raw = self.adapter.operands(w0)
         tokens = x.numel() // self.in_features if self.in_features else 0
-        policy = execution_policy(w0)
+        policy = engine.policy
         fused = self._can_fuse(policy)
-        backward = torch.is_grad_enabled() and any(
-            p.requires_grad for p in self.adapter.parameters()
-        )
-        path: Path = (
-            choose_path(net, tokens, fused, backward, policy.build_rate, policy.push_rate)
-            if self.path == "auto"
-            else self.path
+        backward = torch.is_grad_enabled() and any(op.requires_grad for op in raw)
+        path: EvalPath = (
+            engine.choose(tokens, fused, backward) if self.path == "auto" else self.path
         )
         self.last_path = path
+        ops = engine.operands(raw)
         if path == "materialize":
-            if policy.tf32_build:
-                with cuda_tf32(True):
-                    dw = delta_weight(net)
-            else:
-                dw = delta_weight(net)
+            dw = engine.delta_weight(ops)  # TF32 or not: the engine's policy
             if fused:
                 bias = getattr(self.base_layer, "bias", None)
                 # summed in dW's dtype and rounded once: the weight merge() would write
@@ -282,7 +239,7 @@ class AdapterLinear(nn.Module):
             return result + F.linear(x_in.to(dtype), dw.to(dtype)).to(result.dtype)
         result = self.base_layer(x, *args, **kwargs)
         x_in = self.dropout(x)
-        y = push(net, x_in)  # any leading dims: no reshape, so autograd sums x's grads in place
+        y = engine.push(ops, x_in)  # any leading dims: autograd sums the grads of x in place
         return result + y.to(result.dtype)
 
     # -- merging ---------------------------------------------------------------------------

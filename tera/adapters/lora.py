@@ -6,12 +6,14 @@ import torch
 
 from tera.adapters.base import Adapter
 from tera.adapters.config import LoRAConfig
-from tera.adapters.engine import Network
+from tera.adapters.engine import ChainEvaluator, Network
+from tera.adapters.registry import register
 from tera.theory import lora_parameter_count
 
 __all__ = ["LoRA"]
 
 
+@register
 class LoRA(Adapter):
     """LoRA on one layer: trainable ``A`` (r x in) and ``B`` (out x r).
 
@@ -31,20 +33,28 @@ class LoRA(Adapter):
     config: LoRAConfig
 
     def _build(self) -> None:
-        config = self.config
-        self.A, self.B = self._low_rank_pair(config.r)
-        self.scaling = config.scaling
+        init = self._initial_parameters()
+        self.A, self.B = self._param(init["A"]), self._param(init["B"])
+        self.scaling = self.config.scaling
+
+    def _initial_parameters(self) -> dict[str, torch.Tensor]:
+        return self._low_rank_pair(self.config.r)
+
+    def operands(self, base_weight: torch.Tensor) -> list[torch.Tensor]:
+        """``[A, B]``."""
+        return [self.A, self.B]
 
     def network(self, base_weight: torch.Tensor) -> Network:
-        """``dW[o, i] = sum_r B[o, r] A[r, i] * alpha / r``."""
+        """``dW[o, i] = sum_r B[o, r] A[r, i] * alpha / r``, pushed as a chain of ``F.linear``."""
         return Network(
             ("ri", "or"),
-            (self.A, self.B),
+            tuple(self.operands(base_weight)),
             "i",
             "o",
             (self.in_features,),
             (self.out_features,),
             self.scaling,
+            evaluator=ChainEvaluator,
         )
 
     @classmethod

@@ -5,18 +5,23 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
+from types import MappingProxyType
 from typing import Any, overload
 
+import torch
 from torch import nn
 
-from tera.adapters import quantized
+import tera.adapters.hira
+import tera.adapters.lora
+import tera.adapters.tera
+import tera.adapters.vera  # noqa: F401 - the four adapters register themselves on import
+from tera.adapters import io, quantized, registry
 from tera.adapters.base import Adapter
-from tera.adapters.config import AdapterConfig, HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig
+from tera.adapters.config import AdapterConfig, config_from_dict
 from tera.adapters.factors import SharedFactors
-from tera.adapters.hira import HiRA
 from tera.adapters.layer import (
     AdapterLinear,
     EnginePath,
@@ -24,10 +29,14 @@ from tera.adapters.layer import (
     linear_shape,
     module_weight,
 )
-from tera.adapters.lora import LoRA
-from tera.adapters.tera import TeRA
-from tera.adapters.vera import VeRA
-from tera.errors import AdapterStateError, BackendError, ConfigError, ShapeError, TargetError
+from tera.errors import (
+    AdapterStateError,
+    BackendError,
+    FingerprintError,
+    LoadError,
+    ShapeError,
+    TargetError,
+)
 from tera.theory import params_percent
 
 __all__ = [
@@ -36,26 +45,20 @@ __all__ = [
     "ParameterReport",
     "adapt",
     "find_targets",
+    "load_adapter",
+    "load_adapter_weights",
     "parameter_report",
+    "save_adapter",
 ]
 
-ADAPTERS: dict[type[AdapterConfig], type[Adapter]] = {
-    LoRAConfig: LoRA,
-    VeRAConfig: VeRA,
-    HiRAConfig: HiRA,
-    TeRAConfig: TeRA,
-}
-
-
-def _adapter_class(config: AdapterConfig) -> type[Adapter]:
-    try:
-        return ADAPTERS[type(config)]
-    except KeyError:
-        raise ConfigError(
-            f"config must be one of {', '.join(c.__name__ for c in ADAPTERS)}, got "
-            f"{config!r} ({type(config).__name__}); build one, e.g. TeRAConfig(in_mode=..., "
-            "out_mode=...), or rebuild a saved one with config_from_dict(...)"
-        ) from None
+ADAPTERS: Mapping[type[AdapterConfig], type[Adapter]] = MappingProxyType(
+    {
+        registry.adapter_class_for_kind(k).config_class: registry.adapter_class_for_kind(k)
+        for k in registry.kinds()
+    }
+)
+"""Config class -> adapter class: a read-only view of :mod:`tera.adapters.registry`."""
+_adapter_class = registry.adapter_class
 
 
 def _matches(name: str, patterns: str | Sequence[str]) -> bool:
@@ -475,7 +478,111 @@ class AdaptedModel(nn.Module):
             for layer in merged:
                 layer.merge()
 
-    # -- saving ----------------------------------------------------------------------------
+    # -- materializing a meta-device model ----------------------------------------------------
+    def to_empty(
+        self, *, device: str | torch.device | int | None, recurse: bool = True
+    ) -> AdaptedModel:
+        """Give a model adapted on the ``meta`` device memory, with the adapter initialized.
+
+        As ``torch.nn.Module.to_empty`` (every tensor gets uninitialized storage on
+        ``device``), then the adapter's tensors get their values: the frozen shared factors
+        are regenerated from their seed (bit-exact, fingerprint-checked) and the trainable
+        ones re-initialized as :func:`adapt` initializes them. The base weights stay
+        uninitialized: load them next (:meth:`load_base_state_dict`), and a trained adapter
+        after that (:meth:`load_adapter_weights`). The result equals the ordinary path,
+        ``adapt()`` on a loaded model (tested).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> from tera.adapters import TeRAConfig, adapt
+        >>> torch.manual_seed(0); real = nn.Sequential(nn.Linear(16, 16))  # doctest: +ELLIPSIS
+        <...>
+        >>> config = TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"])
+        >>> with torch.device("meta"):
+        ...     base = nn.Sequential(nn.Linear(16, 16))
+        >>> model = adapt(base, config).to_empty(device="cpu")   # no memory until here
+        >>> model.load_base_state_dict(real.state_dict())
+        >>> x = torch.randn(2, 16)
+        >>> torch.equal(model(x), adapt(real, config)(x))
+        True
+        """
+        super().to_empty(device=device, recurse=recurse)
+        self.reset_adapter()
+        return self
+
+    def reset_adapter(self) -> None:
+        """Regenerate the frozen factors and re-initialize the trainable adapter tensors."""
+        layers = list(self.adapter_layers.values())
+        if not layers:
+            raise AdapterStateError("the adapter was unloaded from this model")
+        for shared in {id(layer.tera_factors): layer.tera_factors for layer in layers}.values():
+            shared.reset_parameters()
+        for layer in layers:
+            layer.adapter.reset_parameters()
+
+    def load_base_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], strict: bool = True
+    ) -> None:
+        """Load the base model's weights, named as in the model before :func:`adapt`.
+
+        ``'layers.0.q_proj.weight'`` goes to the adapted layer's
+        ``'layers.0.q_proj.base_layer.weight'``; the adapter's own tensors are not touched.
+        With ``strict``, every base tensor must be given and nothing else.
+
+        Raises
+        ------
+        LoadError
+            With ``strict``: missing or unexpected keys (named).
+        """
+        names = set(self._layer_names)
+        mapped = {}
+        for key, value in state_dict.items():
+            owner, _, leaf = key.rpartition(".")
+            mapped[f"{owner}.base_layer.{leaf}" if owner in names else key] = value
+        result = self.base_model.load_state_dict(mapped, strict=False)
+        adapter_keys = {
+            k for k in self.base_model.state_dict() if ".adapter." in k or "tera_factors" in k
+        }
+        missing = sorted(set(result.missing_keys) - adapter_keys)
+        if strict and (missing or result.unexpected_keys):
+            raise LoadError(
+                f"the state dict does not fit the base model: missing {missing[:5]}, "
+                f"unexpected {sorted(result.unexpected_keys)[:5]}"
+            )
+
+    # -- saving and loading -------------------------------------------------------------------
+    def _adapter_state(self, include_factors: bool) -> dict[str, torch.Tensor]:
+        tensors = {name: p.detach() for name, p in self.adapter_parameters()}
+        for mname in self.modules_to_save:
+            for pname, p in self.base_model.get_submodule(mname).named_parameters():
+                tensors[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p.detach()
+        if include_factors:
+            for i, (_key, t) in enumerate(self.shared_factors.items()):
+                tensors[f"{io.FACTOR_PREFIX}{i}"] = t.detach()
+        return {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+
+    def _adapter_meta(self, include_factors: bool) -> dict[str, Any]:
+        from tera import __version__
+
+        shared = self.shared_factors
+        return {
+            "library": "tera",
+            "library_version": __version__,
+            "kind": self.adapter_config.kind,
+            "config": self.adapter_config.to_dict(),
+            "seed": self.adapter_config.seed,
+            "targets": {
+                name: {"in_features": layer.in_features, "out_features": layer.out_features}
+                for name, layer in self.adapter_layers.items()
+            },
+            "modules_to_save": list(self.modules_to_save),
+            "factor_keys": shared.keys(),
+            "factor_fingerprint": shared.fingerprint(),
+            "includes_factors": include_factors,
+        }
+
     def save_pretrained(
         self,
         directory: str | FsPath,
@@ -486,21 +593,260 @@ class AdaptedModel(nn.Module):
     ) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` to ``directory``.
 
-        See :func:`tera.adapters.save_adapter`. Accepts the keyword arguments Hugging Face
-        code passes to a ``save_pretrained`` (``is_main_process``: only the main process of
-        a distributed run writes; ``state_dict``, ``safe_serialization``, ...: ignored, the
-        adapter's own tensors are saved, always as safetensors).
-        """
-        from tera.adapters.io import save_adapter
+        The format is :mod:`tera.adapters.io`'s. ``directory`` is created if missing and the
+        two files inside are replaced atomically (leftovers of killed saves are swept).
+        ``include_factors`` also stores the frozen shared factors (for portability to a
+        future tera whose generator differs, or for auditing). Accepts the keyword arguments
+        Hugging Face code passes to a ``save_pretrained`` (``is_main_process``: only the main
+        process of a distributed run writes; ``state_dict``, ``safe_serialization``, ...:
+        ignored, the adapter's own tensors are saved, always as safetensors).
 
+        Examples
+        --------
+        >>> import tempfile, os
+        >>> from torch import nn
+        >>> from tera.adapters import TeRAConfig, adapt
+        >>> config = TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"])
+        >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), config)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     model.save_pretrained(d)
+        ...     sorted(os.listdir(d))
+        ['adapter_config.json', 'adapter_model.safetensors']
+        """
         if is_main_process:
-            save_adapter(self, directory, include_factors=include_factors)
+            meta = self._adapter_meta(include_factors)
+            io.write_adapter(directory, meta, self._adapter_state(include_factors))
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, directory: str | FsPath, is_trainable: bool = False
+    ) -> AdaptedModel:
+        """Attach a saved adapter to ``model`` (the inverse of :meth:`save_pretrained`).
+
+        Parameters
+        ----------
+        model : nn.Module
+            A base model with the same layer names and shapes as the one the adapter was
+            trained on.
+        directory : str or Path
+            Directory written by ``save_pretrained``.
+        is_trainable : bool
+            Keep the adapter's parameters trainable (to continue training); by default they
+            are frozen for inference, as in PEFT.
+
+        Returns
+        -------
+        AdaptedModel
+
+        Raises
+        ------
+        LoadError
+            Missing or corrupted files (NaN/inf tensors included), a newer format, other
+            layer names or shapes.
+        FingerprintError
+            The regenerated frozen factors differ from those the adapter was trained with.
+
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from tera.adapters import AdaptedModel, TeRAConfig, adapt
+        >>> torch.manual_seed(0); base = nn.Sequential(nn.Linear(16, 16))  # doctest: +ELLIPSIS
+        <...>
+        >>> model = adapt(base, TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"]))
+        >>> with torch.no_grad(): _ = model.base_model[0].adapter.d[-1].fill_(0.5)
+        >>> x = torch.randn(2, 16); y = model(x)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     model.save_pretrained(d)
+        ...     loaded = AdaptedModel.from_pretrained(model.unload(), d)
+        >>> torch.equal(loaded(x), y)
+        True
+        """
+        directory = FsPath(directory)
+        meta = io.read_meta(directory)
+        config = config_from_dict(meta["config"])
+        targets: dict[str, dict[str, int]] = meta["targets"]
+        for name, shape in targets.items():
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise LoadError(
+                    f"the adapter in {directory} adapts '{name}', which this model does not "
+                    "have; load it into the architecture it was trained on"
+                ) from None
+            in_f, out_f = linear_shape(module, name)
+            if (in_f, out_f) != (shape["in_features"], shape["out_features"]):
+                raise LoadError(
+                    f"layer '{name}' is {in_f} -> {out_f} in this model but "
+                    f"{shape['in_features']} -> {shape['out_features']} in the saved adapter"
+                )
+        tensors = io.read_tensors(directory)
+        adapted = adapt(model, config, targets=list(targets))
+        try:
+            adapted._restore(meta, tensors, directory)
+        except Exception:
+            adapted.unload()
+            raise
+        for _, p in adapted.adapter_parameters():
+            p.requires_grad_(is_trainable)
+        return adapted
 
     def load_adapter_weights(self, directory: str | FsPath) -> None:
         """Load the tensors of an adapter saved from this same configuration (resume training).
 
-        See :func:`~tera.adapters.load_adapter_weights`.
-        """
-        from tera.adapters.io import load_adapter_weights
+        The inverse of :meth:`save_pretrained` for resuming training (what Hugging Face
+        ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the
+        adapter's parameters (and ``modules_to_save``) are overwritten in place and keep
+        their ``requires_grad``, so an optimizer holding them stays valid.
 
-        load_adapter_weights(self, directory)
+        Raises
+        ------
+        LoadError
+            Missing or corrupted files, or an adapter saved with another configuration or
+            on other layers.
+        FingerprintError
+            The frozen factors differ from those the adapter was trained with.
+
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from tera.adapters import TeRAConfig, adapt
+        >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
+        ...                                                             target_modules=["0"]))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     model.save_pretrained(d)
+        ...     with torch.no_grad(): _ = model.base_model[0].adapter.d[0].fill_(3.0)
+        ...     model.load_adapter_weights(d)
+        >>> model.base_model[0].adapter.d[0].tolist()
+        [1.0, 1.0, 1.0, 1.0]
+        """
+        directory = FsPath(directory)
+        meta = io.read_meta(directory)
+        config = config_from_dict(meta["config"])
+        if config != self.adapter_config:
+            raise LoadError(
+                f"the adapter in {directory} was saved with {config!r}, but this model carries "
+                f"{self.adapter_config!r}; load it with from_pretrained() into a fresh base "
+                "model"
+            )
+        saved, here = list(meta["targets"]), list(self.adapter_layers)
+        if sorted(saved) != sorted(here):
+            raise LoadError(
+                f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
+                f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
+            )
+        self._restore(meta, io.read_tensors(directory), directory)
+
+    def _restore(
+        self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], directory: FsPath
+    ) -> None:
+        shared = self.shared_factors
+        if meta.get("includes_factors"):
+            for i, key in enumerate(meta["factor_keys"]):
+                name = f"{io.FACTOR_PREFIX}{i}"
+                if name not in tensors or key not in shared.keys():  # noqa: SIM118
+                    raise LoadError(
+                        f"{directory / io.WEIGHTS_NAME} lacks the factor '{key}' it should include"
+                    )
+                shared.set(key, tensors.pop(name))
+        if sorted(shared.keys()) != sorted(meta["factor_keys"]):
+            raise FingerprintError(
+                f"this tera builds factors {shared.keys()} for the adapter but it was saved with "
+                f"{meta['factor_keys']}; the factor scheme changed between versions"
+            )
+        found = shared.fingerprint()
+        if found != meta["factor_fingerprint"]:
+            where = (
+                "the factors stored in the file"
+                if meta.get("includes_factors")
+                else (f"the factors regenerated from seed {meta['seed']}")
+            )
+            raise FingerprintError(
+                f"{where} do not match the fingerprint saved with the adapter "
+                f"({found[:12]}... vs {meta['factor_fingerprint'][:12]}...): loading would give "
+                "a different model. Re-save the adapter with include_factors=True where it "
+                "was trained."
+            )
+        expected = {name: p for name, p in self.adapter_parameters()}
+        for mname in meta.get("modules_to_save", []):
+            for pname, p in self.base_model.get_submodule(mname).named_parameters():
+                expected[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise LoadError(
+                f"{directory / io.WEIGHTS_NAME} does not fit the adapter: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for name, p in expected.items():
+                value = tensors[name]
+                if tuple(value.shape) != tuple(p.shape):
+                    raise LoadError(
+                        f"tensor '{name}' has shape {tuple(value.shape)} in the file but "
+                        f"{tuple(p.shape)} here"
+                    )
+                p.copy_(value.to(p.device, p.dtype))
+        self.modules_to_save = list(meta.get("modules_to_save", []))
+
+
+def save_adapter(
+    model: AdaptedModel, directory: str | FsPath, include_factors: bool = False
+) -> None:
+    """Save an adapted model's adapter: :meth:`AdaptedModel.save_pretrained`.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from torch import nn
+    >>> from tera.adapters import TeRAConfig, adapt, save_adapter
+    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
+    ...                                                             target_modules=["0"]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_adapter(model, d)
+    ...     sorted(os.listdir(d))
+    ['adapter_config.json', 'adapter_model.safetensors']
+    """
+    model.save_pretrained(directory, include_factors=include_factors)
+
+
+def load_adapter(
+    model: nn.Module, directory: str | FsPath, is_trainable: bool = False
+) -> AdaptedModel:
+    """Attach a saved adapter to ``model``: :meth:`AdaptedModel.from_pretrained`.
+
+    Exported as ``tera.adapters.from_pretrained``.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> from tera.adapters import TeRAConfig, adapt, from_pretrained
+    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
+    ...                                                             target_modules=["0"]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     model.save_pretrained(d)
+    ...     type(from_pretrained(model.unload(), d)).__name__
+    'AdaptedModel'
+    """
+    return AdaptedModel.from_pretrained(model, directory, is_trainable)
+
+
+def load_adapter_weights(model: AdaptedModel, directory: str | FsPath) -> None:
+    """Load saved tensors into a model that carries the same adapter (resume training).
+
+    The same as :meth:`AdaptedModel.load_adapter_weights`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from torch import nn
+    >>> from tera.adapters import TeRAConfig, adapt, load_adapter_weights
+    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
+    ...                                                             target_modules=["0"]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     model.save_pretrained(d)
+    ...     load_adapter_weights(model, d)
+    """
+    model.load_adapter_weights(directory)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from functools import partial
 
 import opt_einsum
@@ -34,37 +35,14 @@ from torch import nn
 
 from tera.adapters.base import Adapter
 from tera.adapters.config import TeRAConfig
-from tera.adapters.engine import Network, TuckerKernel
+from tera.adapters.engine import Network
 from tera.adapters.factors import counter_uniform
-from tera.errors import RankError, ShapeError, TensorizationError
-from tera.tn import multi_mode_product, split_dim, suggest_modes
+from tera.adapters.registry import register
+from tera.adapters.tera_kernel import TuckerEvaluator
+from tera.errors import ConfigError
+from tera.tn import multi_mode_product
 
 __all__ = ["TeRA", "resolve_scheme"]
-
-
-def _side_modes(
-    size: int, mode: int, explicit: object, side: str, layer_name: str
-) -> tuple[int, ...]:
-    modes: tuple[int, ...] | None = None
-    if isinstance(explicit, dict):
-        modes = explicit.get(size)
-    elif isinstance(explicit, tuple):
-        modes = explicit
-    if modes is not None:
-        if math.prod(modes) != size:
-            raise TensorizationError(
-                f"{side}_modes {modes} multiply to {math.prod(modes)} but layer "
-                f"'{layer_name}' has {side}_features={size}; use a dict for layers of "
-                f"several sizes, e.g. {side}_modes={{{size}: {suggest_modes(size, mode)}}}"
-            )
-        return modes
-    try:
-        return split_dim(size, mode)
-    except TensorizationError as err:
-        raise TensorizationError(
-            f"layer '{layer_name}': {side}_features={size} with {side}_mode={mode}: {err}; "
-            f"set {side}_mode= or {side}_modes= in TeRAConfig"
-        ) from None
 
 
 def _round_mantissa(x: float, bits: int = 16) -> float:
@@ -73,20 +51,37 @@ def _round_mantissa(x: float, bits: int = 16) -> float:
     return math.ldexp(round(mantissa * (1 << bits)) / (1 << bits), exponent)
 
 
-def _normalized_core(key: str, factors: list[torch.Tensor], scale: float) -> torch.Tensor:
+def _host_factors(
+    current: Callable[[], list[torch.Tensor]], builds: list[Callable[[], torch.Tensor]]
+) -> list[torch.Tensor]:
+    """The factors' float32 values on the CPU: copied when they hold them, else regenerated.
+
+    A factor on the ``meta`` device (a model built without memory) or converted to another
+    dtype has no (exact) values to copy; its bit-exact generator gives them again.
+    """
+    hosted = []
+    for tensor, build in zip(current(), builds, strict=True):
+        usable = not tensor.is_meta and tensor.dtype == torch.float32
+        hosted.append(tensor.detach().to("cpu") if usable else build())
+    return hosted
+
+
+def _normalized_core(
+    key: str, factors: Callable[[], list[torch.Tensor]], scale: float
+) -> torch.Tensor:
     """The core G, rescaled so that ``dW`` at ``d = 1`` has root-mean-square ``scale`` exactly.
 
     ``||dW||_F^2 = <G, G x_1 A_1 A_1^T ... x_N A_N A_N^T>`` is computed in float64 from the
     small Gram matrices (never forming ``dW``); the correction factor is rounded to 16
     significant bits and applied in float32, so regeneration stays bit-exact everywhere.
     """
-    ranks = tuple(int(f.shape[0]) for f in factors)
+    hosted = [f.double() for f in factors()]  # float32 values, on the CPU
+    ranks = tuple(int(f.shape[0]) for f in hosted)
     core = counter_uniform(key, ranks, bound=math.sqrt(3.0))
     g64 = core.double().numpy()
-    hosted = [f.detach().to("cpu", torch.float64) for f in factors]  # factors may be on a GPU
     grams = [(f @ f.T).numpy() for f in hosted]
     energy = float((g64 * multi_mode_product(g64, grams)).sum())
-    n_entries = math.prod(int(f.shape[1]) for f in factors)
+    n_entries = math.prod(int(f.shape[1]) for f in hosted)
     correction = _round_mantissa(scale * math.sqrt(n_entries / energy))
     return core * torch.tensor(correction, dtype=torch.float32)
 
@@ -96,6 +91,9 @@ def resolve_scheme(
 ) -> tuple[tuple[int, ...], int, tuple[int, ...], int]:
     """The layer's tensorization under ``config``: ``(modes, k, ranks, zero_index)``.
 
+    The same as :meth:`TeRAConfig.scheme <tera.adapters.TeRAConfig.scheme>` (which calls
+    :func:`tera.theory.tera_scheme`, the one tensorization function).
+
     Examples
     --------
     >>> from tera.adapters import TeRAConfig
@@ -103,22 +101,7 @@ def resolve_scheme(
     >>> resolve_scheme(TeRAConfig(in_mode=4096, out_mode=8), 4096, 4096)
     ((4096, 8, 8, 8, 8), 1, (4096, 8, 8, 8, 8), 4)
     """
-    in_modes = _side_modes(in_features, config.in_mode, config.in_modes, "in", layer_name)
-    out_modes = _side_modes(out_features, config.out_mode, config.out_modes, "out", layer_name)
-    modes, k = in_modes + out_modes, len(in_modes)
-    ranks = modes if config.ranks is None else config.ranks
-    if len(ranks) != len(modes) or any(not 1 <= r <= i for r, i in zip(ranks, modes, strict=True)):
-        raise RankError(
-            f"ranks {ranks} do not fit layer '{layer_name}' tensorized as {modes}: give one "
-            f"rank 1 <= R_i <= I_i per mode (or ranks=None for R_i = I_i)"
-        )
-    n = len(modes)
-    if not -n <= config.zero_init < n:
-        raise ShapeError(
-            f"zero_init={config.zero_init} is out of range for layer '{layer_name}' with "
-            f"{n} modes {modes}; use 0..{n - 1} (or -{n}..-1)"
-        )
-    return modes, k, ranks, config.zero_init % n
+    return config.scheme(in_features, out_features, layer_name)
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,6 +115,7 @@ def _tucker_subscripts(n: int, k: int) -> tuple[tuple[str, ...], str, str]:
     return tuple(subscripts), "".join(mode_syms[:k]), "".join(mode_syms[k:])
 
 
+@register
 class TeRA(Adapter):
     """TeRA on one layer: trainable vectors ``d[0..N-1]``, frozen shared ``G`` and ``A_i``.
 
@@ -164,7 +148,7 @@ class TeRA(Adapter):
         if config.factors == "unique":  # one set per layer: the layer's name is in the key
             suffix += f"|layer={layer_name}"
         elif config.factors == "identity" and ranks != modes:
-            raise RankError(
+            raise ConfigError(
                 f"factors='identity' needs full ranks (R_i = I_i) but layer '{layer_name}' "
                 f"has ranks {ranks} for modes {modes}; use ranks=None"
             )
@@ -172,41 +156,56 @@ class TeRA(Adapter):
         self._keys_A = [f"tera|A{i}|{suffix}" for i in range(len(modes))]
         if config.factors == "identity":
             self._keys_A = [f"tera|I|{i}" for i in modes]
-        factors = []
+        builds: list[Callable[[], torch.Tensor]] = []
+        self._index_A: list[int] = []
         for key, r, i in zip(self._keys_A, ranks, modes, strict=True):
+            build: Callable[[], torch.Tensor]
             if config.factors == "identity":
                 build = partial(torch.eye, i, dtype=torch.float32)
             elif config.init == "paper":  # Kaiming-uniform on the factor's own fan-in I_i
                 build = partial(counter_uniform, key, (r, i), 1.0 / math.sqrt(i))
             else:  # Kaiming-uniform on the rank index: variance 1 / R_i
                 build = partial(counter_uniform, key, (r, i), math.sqrt(3.0 / r))
-            factors.append(self._shared_factor(key, build))
+            builds.append(build)
+            self._index_A.append(self._shared_factor(key, build))
+        shared, keys = self.shared, list(self._keys_A)
+        factors = partial(_host_factors, lambda: [shared.get(key) for key in keys], builds)
+        core: Callable[[], torch.Tensor]
         if config.init == "paper":  # the core as drawn, unit variance
             core = partial(counter_uniform, self._key_G, tuple(ranks), math.sqrt(3.0))
         else:
             core = partial(_normalized_core, self._key_G, factors, self.scale)
-        self._shared_factor(self._key_G, core)
-        self.d = nn.ParameterList(
-            [
-                self._param(torch.zeros(r) if n == zero else torch.ones(r))
-                for n, r in enumerate(ranks)
-            ]
-        )
+        self._index_G = self._shared_factor(self._key_G, core)
+        self.d = nn.ParameterList([self._param(v) for v in self._initial_parameters().values()])
+
+    def _initial_parameters(self) -> dict[str, torch.Tensor]:
+        return {
+            f"d.{n}": torch.zeros(r) if n == self.zero_index else torch.ones(r)
+            for n, r in enumerate(self.ranks)
+        }
+
+    def operands(self, base_weight: torch.Tensor) -> list[torch.Tensor]:
+        """``[G, d_1, A_1, ..., d_N, A_N]``."""
+        factors = self.shared.tensors()
+        operands = [factors[self._index_G]]
+        for d, index in zip(self.d, self._index_A, strict=True):
+            operands += (d, factors[index])
+        return operands
 
     def network(self, base_weight: torch.Tensor) -> Network:
-        """Eq. (11): ``dW(i_1..i_N) = sum_r G(r) prod_n d_n(r_n) A_n(r_n, i_n)``."""
-        operands = [self._factor(self._key_G)]
-        for j, d in enumerate(self.d):
-            operands += [d, self._factor(self._keys_A[j])]
+        """Eq. (11): ``dW(i_1..i_N) = sum_r G(r) prod_n d_n(r_n) A_n(r_n, i_n)``.
+
+        Evaluated by TeRA's Tucker kernel (:class:`~tera.adapters.tera_kernel.TuckerEvaluator`).
+        """
         subscripts, in_subs, out_subs = _tucker_subscripts(len(self.modes), self.k)
         return Network(
             subscripts,
-            tuple(operands),
+            tuple(self.operands(base_weight)),
             in_subs,
             out_subs,
             tuple(self.modes[: self.k]),
             tuple(self.modes[self.k :]),
-            kernel=TuckerKernel(self.k),
+            evaluator=TuckerEvaluator,
         )
 
     @classmethod

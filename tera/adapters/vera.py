@@ -8,12 +8,14 @@ import torch
 
 from tera.adapters.base import Adapter, kaiming_uniform
 from tera.adapters.config import VeRAConfig
-from tera.adapters.engine import Network
+from tera.adapters.engine import ChainEvaluator, Network
+from tera.adapters.registry import register
 from tera.theory import vera_parameter_count
 
 __all__ = ["VeRA"]
 
 
+@register
 class VeRA(Adapter):
     """VeRA on one layer: trainable ``b`` (out, zeros) and ``d`` (r, ``d_initial``).
 
@@ -43,24 +45,37 @@ class VeRA(Adapter):
         r, seed = config.r, config.seed
         self._key_A = f"vera|A|{r}x{in_features}|seed={seed}"
         self._key_B = f"vera|B|{out_features}x{r}|seed={seed}"
-        self._shared_factor(
+        self._index_A = self._shared_factor(
             self._key_A, partial(kaiming_uniform, self._key_A, (r, in_features), in_features)
         )
-        self._shared_factor(
+        self._index_B = self._shared_factor(
             self._key_B, partial(kaiming_uniform, self._key_B, (out_features, r), r)
         )
-        self.b = self._param(torch.zeros(out_features))
-        self.d = self._param(torch.full((r,), float(config.d_initial)))
+        init = self._initial_parameters()
+        self.b, self.d = self._param(init["b"]), self._param(init["d"])
+
+    def _initial_parameters(self) -> dict[str, torch.Tensor]:
+        r = self.config.r
+        return {
+            "b": torch.zeros(self.out_features),
+            "d": torch.full((r,), float(self.config.d_initial)),
+        }
+
+    def operands(self, base_weight: torch.Tensor) -> list[torch.Tensor]:
+        """``[b, B, d, A]``."""
+        factors = self.shared.tensors()
+        return [self.b, factors[self._index_B], self.d, factors[self._index_A]]
 
     def network(self, base_weight: torch.Tensor) -> Network:
-        """``dW[o, i] = b[o] sum_r B[o, r] d[r] A[r, i]``."""
+        """``dW[o, i] = b[o] sum_r B[o, r] d[r] A[r, i]``, pushed as a chain of ``F.linear``."""
         return Network(
             ("o", "or", "r", "ri"),
-            (self.b, self._factor(self._key_B), self.d, self._factor(self._key_A)),
+            tuple(self.operands(base_weight)),
             "i",
             "o",
             (self.in_features,),
             (self.out_features,),
+            evaluator=ChainEvaluator,
         )
 
     @classmethod

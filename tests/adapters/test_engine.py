@@ -1,11 +1,19 @@
-"""The engine: path costs (forward and training), the Tucker kernel in layers, lean memory."""
+"""The engine: one evaluator protocol, path costs (forward and training), lean memory."""
 
 import pytest
 import torch
 from torch import nn
 
 from tera.adapters import HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig, adapt
-from tera.adapters.engine import TuckerKernel, choose_path, delta_weight, path_costs
+from tera.adapters.engine import (
+    ChainEvaluator,
+    EinsumEvaluator,
+    build_evaluator,
+    choose_path,
+    delta_weight,
+    path_costs,
+)
+from tera.adapters.tera_kernel import TuckerEvaluator
 from tera.tn import tucker_to_matrix
 
 CONFIGS = {
@@ -27,11 +35,12 @@ def _layer(name, dtype=torch.float32, seed=0):
     return model, layer
 
 
-def test_tera_networks_carry_the_tucker_kernel_and_it_matches_the_einsum():
+def test_tera_networks_declare_the_tucker_kernel_and_it_matches_the_einsum():
     _, layer = _layer("tera", torch.float64)
     net = layer.adapter.network(layer.base_weight())
-    assert isinstance(net.kernel, TuckerKernel)
-    generic = net.__class__(**{**net.__dict__, "kernel": None})
+    assert net.evaluator is TuckerEvaluator
+    assert isinstance(build_evaluator(net), TuckerEvaluator)
+    generic = net.__class__(**{**net.__dict__, "evaluator": None})
     torch.testing.assert_close(delta_weight(net), delta_weight(generic))
     core, vectors, factors = net.operands[0], net.operands[1::2], net.operands[2::2]
     paper = tucker_to_matrix(core, [v[:, None] * a for v, a in zip(vectors, factors)], k=1)
@@ -115,11 +124,15 @@ def test_chains_are_pushed_with_linear_layers_and_agree_with_the_planned_einsum(
 
     _, layer = _layer(name, torch.float64)
     net = layer.adapter.network(layer.base_weight())
-    chain = engine._chain(net)
-    assert (chain is not None) == (name in ("lora", "vera"))
+    declared = build_evaluator(net)
+    assert isinstance(declared, ChainEvaluator) == (name in ("lora", "vera"))
+    assert type(layer._evaluator) is type(declared)  # the layer built the same, once
+    assert declared.dense_push == (name not in ("lora", "vera"))
     x = torch.randn(32, 256, dtype=torch.float64)
-    planned = engine._push_plan(net, 32)(x.reshape(32, *net.in_shape), *engine._operands(net))
+    ops = layer.engine().operands(net.operands)
+    planned = engine._push_plan(net, 32)(x.reshape(32, *net.in_shape), *ops)
     torch.testing.assert_close(engine.push(net, x), planned.reshape(32, -1))
+    torch.testing.assert_close(EinsumEvaluator(net).push(ops, x), planned.reshape(32, -1))
 
 
 def test_rates_weigh_the_push_path_against_materializing():
@@ -140,7 +153,7 @@ def test_rates_weigh_the_push_path_against_materializing():
 
 
 def test_tera_pushes_through_its_kernel_and_prices_it():
-    from tera.tn.kernels import scaled_tucker_push_flops
+    from tera.tn.kernels import scaled_tucker_push_flops  # the algebra's FLOP count
 
     model = adapt(
         nn.Sequential(nn.Linear(64, 64)), TeRAConfig(in_mode=64, out_mode=4, target_modules=["0"])

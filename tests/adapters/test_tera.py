@@ -9,7 +9,7 @@ from torch import nn
 
 from tera.adapters import TeRAConfig, adapt
 from tera.adapters.tera import resolve_scheme
-from tera.errors import RankError, ShapeError, TensorizationError
+from tera.errors import ConfigError, RankError, TensorizationError
 from tera.theory import rank_bound
 from tera.tn import tucker_to_matrix, tucker_to_tensor, unfold
 
@@ -142,10 +142,10 @@ def test_learns_at_the_papers_learning_rate():
         ),
         (
             dict(in_mode=8, out_mode=8, zero_init=4),
-            ShapeError,
+            ConfigError,
             r"zero_init=4 is out of range for layer '0' with 4 modes",
         ),
-        (dict(in_mode=8, out_mode=8, zero_init=-5), ShapeError, r"use 0..3 \(or -4..-1\)"),
+        (dict(in_mode=8, out_mode=8, zero_init=-5), ConfigError, r"use 0..3 \(or -4..-1\)"),
     ],
 )
 def test_bad_schemes_name_the_fix(cfg, error, match):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tera.adapters import TeRAConfig, adapt, from_pretrained
-from tera.errors import RankError, ShapeError
+from tera.errors import ConfigError
 from tests.adapters.common import llama, randomize_adapter
 
 BATCH = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -92,11 +92,11 @@ def test_paper_init_scale_depends_on_the_tensorization_normalized_does_not():
 
 
 def test_bad_variant_values_are_refused():
-    with pytest.raises(ShapeError, match="factors must be one of"):
+    with pytest.raises(ConfigError, match="factors must be one of"):
         _cfg(factors="per-layer")
-    with pytest.raises(ShapeError, match="init must be one of"):
+    with pytest.raises(ConfigError, match="init must be one of"):
         _cfg(init="kaiming")
-    with pytest.raises(ShapeError, match="no effect with init='paper'"):
+    with pytest.raises(ConfigError, match="no effect with init='paper'"):
         _cfg(init="paper", scale=0.1)
-    with pytest.raises(RankError, match="needs full ranks"):
+    with pytest.raises(ConfigError, match="needs full ranks"):
         adapt(llama(), _cfg(factors="identity", ranks=(32, 2, 2, 1, 2, 2)))
