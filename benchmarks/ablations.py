@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tera.compare.methods import split_specs
 from tera.compare.presets import PRESETS
 from tera.compare.report import mean_interval, paired_accuracies, paired_test
 from tera.compare.run import compare
@@ -142,12 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--out", default="benchmarks/results/ablations")
+    parser.add_argument(
+        "--seed-from",
+        metavar="DIR",
+        help="a finished comparison of the same budget whose runs to reuse (its runs/)",
+    )
+    parser.add_argument(
+        "--only", help="run only these variants of the groups (comma-separated specs)"
+    )
     args = parser.parse_args(argv)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         parser.error(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
     specs = list(dict.fromkeys(key for g in groups for key, _ in GROUPS[g][1]))
+    if args.only:
+        wanted = {"".join(v.split()) for v in split_specs(args.only)}
+        specs = [s for s in specs if s in wanted]
     if "tera" not in specs:
         specs.insert(0, "tera")
     preset = PRESETS["default"]
@@ -159,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
     )
     out = Path(args.out)
+    if args.seed_from and not (out / "compare.json").is_file():
+        # runs of the same preset (e.g. the default comparison) are valid here: reuse them
+        shutil.copytree(Path(args.seed_from) / "runs", out / "runs", dirs_exist_ok=True)
+        shutil.copy(Path(args.seed_from) / "compare.json", out / "compare.json")
     results = compare(preset, out, resume=(out / "compare.json").is_file())
     (out / "ablations.md").write_text(ablation_tables(results, groups))
     print((out / "ablations.md").read_text())
