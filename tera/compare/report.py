@@ -424,8 +424,10 @@ def _lr_notes(results: dict[str, Any]) -> str:
             text = f"{t['lr']:g}"
             if t.get("lr_extended") is not None:
                 grid = ", ".join(sorted(t.get("lr_search", {}), key=float))
+                still = ", which won: still on the edge" if t["lr"] == t["lr_extended"] else ""
                 text += (
-                    f" (best on the grid's edge: extended to {t['lr_extended']:g}; tried {grid})"
+                    f" (best on the grid's edge: extended to {t['lr_extended']:g}{still}; "
+                    f"tried {grid})"
                 )
             parts.append(text)
         if parts:

@@ -310,8 +310,11 @@ class _Runner:
             self.reused += 1
             data: dict[str, Any] = json.loads(path.read_text())
             return data
+        start = time.perf_counter()
         data = run()
-        data.update(task=task, method=method.name, purpose=purpose)
+        data.update(
+            task=task, method=method.name, purpose=purpose, wall_seconds=time.perf_counter() - start
+        )
         _write_json(path, data)
         self.done += 1
         if self.on_run is not None:
@@ -607,6 +610,9 @@ def compare(
     _prepare_out(out, preset, resume, overwrite)
     runner = _Runner(preset, out, log, on_run)
     start = time.perf_counter()
+    before = 0.0  # wall time of the earlier sessions of a resumed comparison
+    if resume and (out / "results.json").is_file():
+        before = float(json.loads((out / "results.json").read_text()).get("total_seconds") or 0)
     results: dict[str, Any] = {
         "tera_version": __version__,
         "torch_version": torch.__version__,
@@ -664,9 +670,9 @@ def compare(
             results["methods"][method.name]["tasks"][label] = entry
             first = entry.pop("_counts")
             results["methods"][method.name].update(first)
-        results["total_seconds"] = time.perf_counter() - start
+        results["total_seconds"] = before + time.perf_counter() - start
         write_reports(results, out)  # after every task: a partial report survives a crash
-    results["total_seconds"] = time.perf_counter() - start
+    results["total_seconds"] = before + time.perf_counter() - start
     results["runs_done"], results["runs_reused"] = runner.done, runner.reused
     write_reports(results, out)
     return results

@@ -180,9 +180,11 @@ def test_method_configs_follow_the_paper():
     assert method_config(METHODS["lora"], ["q"], [4]).r == 32
     assert method_config(METHODS["hira1"], ["q"], [4]).r == 1
     assert method_config(METHODS["vera"], ["q"], [4]).r == 256
-    # with two points both picked the top one on the default preset: the grid goes higher now
-    for name in ("tera", "vera"):
-        assert METHODS[name].lr_grid == (1e-2, 3e-2, 1e-1)
+    # every grid: three points a factor ~3 apart (centred on the default run's validation best)
+    for method in METHODS.values():
+        grid = method.lr_grid
+        assert len(grid) == 3 and all(2.9 < b / a < 3.4 for a, b in zip(grid, grid[1:]))
+    assert METHODS["tera"].lr_grid == METHODS["vera"].lr_grid == (3e-2, 1e-1, 3e-1)
     assert for_model_kind(METHODS["head"], "causal_lm") == ZERO_SHOT
     assert not ZERO_SHOT.trains and ZERO_SHOT.lr_grid == ()
     assert for_model_kind(METHODS["tera"], "causal_lm") == METHODS["tera"]
