@@ -60,7 +60,7 @@ GROUPS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("tera(out_modes=(16,24))", "(384 | 16, 24)"),
             ("tera", "(384 | 8, 8, 6): input whole, output split (default)"),
             ("tera(out_modes=(4,4,4,6))", "(384 | 4, 4, 4, 6)"),
-            ("tera(in_mode=8)", "(8, 8, 6 | 8, 8, 6): both sides split"),
+            ("tera(in_modes=(8,8,6))", "(8, 8, 6 | 8, 8, 6): both sides split"),
         ],
     ),
     "factors": (
