@@ -1,9 +1,9 @@
 """The methods compared, written as specs: ``tera``, ``tera(zero_init=0)``, ``vera(r=1024)``.
 
 A spec is a method's name, optionally followed by ``(field=value, ...)`` setting any field
-of its adapter config (:mod:`tera.adapters.config`), plus ``lr`` (one learning rate, or a
+of its adapter config (``TeRAConfig`` and the others), plus ``lr`` (one learning rate, or a
 tuple: the grid searched on the validation split). Values are Python literals read with
-:func:`ast.literal_eval` (never ``eval``): numbers, strings (quotes optional for one word:
+``ast.literal_eval`` (never ``eval``): numbers, strings (quotes optional for one word:
 ``factors=unique``), tuples such as ``out_modes=(8, 8, 6)``, ``True``/``False``/``None``.
 A list of specs is split at its top-level commas:
 ``"tera,tera(zero_init=0),tera(out_mode=4),vera(r=1024),lora(r=8)"``. The spec, with spaces
@@ -118,7 +118,7 @@ class Method:
 
     @property
     def key(self) -> str:
-        """The method's key in ``results.json`` (the same as :attr:`name`)."""
+        """The method's key in ``results.json`` (the same as ``name``)."""
         return self.name
 
 

@@ -315,7 +315,7 @@ def load_smollm2(cache: Path | None = None) -> LoadedModel:
 def _tiny_tokenizer(kind: Literal["bert", "llama"]) -> Any:
     """A lower-casing word-piece tokenizer built in memory.
 
-    Its vocabulary holds every word of :func:`~tera.compare.data.synthetic_task` whole,
+    Its vocabulary holds every word of :func:`~tera.compare.synthetic.synthetic_task` whole,
     plus single characters (and ``##`` continuations) for printable ASCII, so any English
     text encodes (unknown words letter by letter) and nothing is read from disk.
     """
@@ -361,7 +361,7 @@ def _tiny_tokenizer(kind: Literal["bert", "llama"]) -> Any:
 def tiny_classifier(num_labels: int, seed: int = 0) -> LoadedModel:
     """A tiny random BERT classifier (2 layers, hidden 32) and an in-memory tokenizer.
 
-    For fast tests of the harness: it learns :func:`~tera.compare.data.synthetic_task` in a
+    For fast tests of the harness: it learns :func:`~tera.compare.synthetic.synthetic_task` in a
     few dozen steps. Built from a config, so nothing is downloaded or read.
 
     Parameters

@@ -28,8 +28,12 @@ class Preset:
         BIG-bench task names, ``"synthetic"`` (a built-in toy task) or JSONL/CSV task files.
     methods : tuple of str
         Method specs (:mod:`tera.compare.methods`), e.g. ``("tera", "vera(r=1024)")``.
-    n_train, n_validation, n_test : int
-        Split sizes (a smaller task is split in the same proportions).
+    n_train : int
+        Training examples (a smaller task is split in the same proportions).
+    n_validation : int
+        Validation examples (the learning-rate search).
+    n_test : int
+        Test examples (the reported accuracy; the same for every seed and method).
     seeds : int
         Seeds per method and task (seed 0 is the learning-rate search's winning trial).
     settings : TrainSettings

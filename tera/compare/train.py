@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tera.adapters import AdaptedModel, adapt
-from tera.compare.data import Example
+from tera.compare.examples import Example
 from tera.compare.methods import Method, method_config
 from tera.compare.models import LoadedModel
 
@@ -28,6 +28,8 @@ __all__ = [
     "Evaluation",
     "RunResult",
     "TrainSettings",
+    "TrainStats",
+    "load_for_run",
     "evaluate",
     "prepare",
     "train",
@@ -52,7 +54,7 @@ class TrainSettings:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """:attr:`dtype` as a torch dtype (``"float32"``, ``"bf16"``/``"bfloat16"``, ``"fp16"``)."""
+        """``dtype`` as a torch dtype (``"float32"``, ``"bf16"``/``"bfloat16"``, ``"fp16"``)."""
         return _DTYPES[self.dtype]
 
 
@@ -426,7 +428,7 @@ def train_run(
         pretrained weights).
     method : Method
         What to train.
-    train_examples, evaluation : sequence of Example
+    train_examples, evaluation : sequence of tera.compare.examples.Example
         Training examples and the examples to report accuracy on.
     lr : float
         Peak learning rate of AdamW.
