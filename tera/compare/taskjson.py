@@ -53,7 +53,7 @@ def _canonical_order(examples: list[Example]) -> list[Example]:
 
 
 def parse_task_json(name: str, data: Mapping[str, Any]) -> Task:
-    """Turn a parsed BIG-bench ``task.json`` into a :class:`~tera.compare.examples.Task` (rules in the module doc).
+    """Turn a parsed BIG-bench ``task.json`` into a task (rules in the module doc).
 
     Parameters
     ----------

@@ -1,5 +1,6 @@
 """The comparison harness end to end (smoke preset) and the CLI."""
 
+import itertools
 import json
 
 import pytest
@@ -183,7 +184,7 @@ def test_method_configs_follow_the_paper():
     # every grid: three points a factor ~3 apart (centred on the default run's validation best)
     for method in METHODS.values():
         grid = method.lr_grid
-        assert len(grid) == 3 and all(2.9 < b / a < 3.4 for a, b in zip(grid, grid[1:]))
+        assert len(grid) == 3 and all(2.9 < b / a < 3.4 for a, b in itertools.pairwise(grid))
     assert METHODS["tera"].lr_grid == METHODS["vera"].lr_grid == (3e-2, 1e-1, 3e-1)
     assert for_model_kind(METHODS["head"], "causal_lm") == ZERO_SHOT
     assert not ZERO_SHOT.trains and ZERO_SHOT.lr_grid == ()
