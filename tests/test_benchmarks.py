@@ -106,3 +106,30 @@ def test_ablation_tables_group_variants_against_the_default_tera():
     assert set(ablations.GROUPS) == {"zero_init", "scale", "tensorization", "factors", "budget"}
     with pytest.raises(SystemExit):
         ablations.main(["--groups", "nope"])
+
+
+def test_quantized_accuracy_table_pairs_the_two_bases(tmp_path):
+    import json as _json
+
+    import quantized_accuracy
+
+    def run(accs, size, quantize=None):
+        entry = {
+            "label": "TeRA",
+            "trains": True,
+            "base_weight_bytes": size,
+            "tasks": {"t": {"seeds": [0, 1, 2], "accuracy": accs}},
+        }
+        return {"preset": {"quantize": quantize}, "methods": {"tera": entry}}
+
+    for name, data in (
+        ("f", run([0.6, 0.62, 0.61], 2**21)),
+        ("q", run([0.58, 0.6, 0.6], 2**19, "4bit")),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(_json.dumps(data))
+    out = tmp_path / "t.md"
+    quantized_accuracy.main([str(tmp_path / "f"), str(tmp_path / "q"), "--out", str(out)])
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| TeRA"))
+    assert row.startswith("| TeRA | 61.00 ± 2.48 | 59.33 ± 2.87 | -1.67 [")
+    assert row.endswith("| 2.0 | 0.5 |")
