@@ -18,6 +18,7 @@ q and v are 384 x 384).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import statistics
@@ -114,7 +115,8 @@ def ablation_tables(results: dict[str, Any], groups: list[str]) -> str:
                 for t in e["tasks"].values()
                 if t["accuracy"]
             ]
-            cells = [f"`{key}`", what, f"{e.get('adapter_params', 0):,d}"]
+            what_cell = what.replace("|", "\\|")  # a table cell: "(384 | 384)" must not split it
+            cells = [f"`{key}`", what_cell, f"{e.get('adapter_params', 0):,d}"]
             cells += [_cell(results, key, t) for t in tasks]
             cells.append(f"{statistics.fmean(means):.2f}" if means else "-")
             if key == "tera" or "tera" not in results["methods"]:
@@ -150,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a finished comparison of the same budget whose runs to reuse (its runs/)",
     )
     parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="rewrite ablations.md from <out>/results.json without running anything",
+    )
+    parser.add_argument(
         "--only", help="run only these variants of the groups (comma-separated specs)"
     )
     args = parser.parse_args(argv)
@@ -172,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
     )
     out = Path(args.out)
+    if args.tables_only:
+        results = json.loads((out / "results.json").read_text())
+        (out / "ablations.md").write_text(ablation_tables(results, groups))
+        print((out / "ablations.md").read_text())
+        return 0
     if args.seed_from and not (out / "compare.json").is_file():
         # runs of the same preset (e.g. the default comparison) are valid here: reuse them
         shutil.copytree(Path(args.seed_from) / "runs", out / "runs", dirs_exist_ok=True)
