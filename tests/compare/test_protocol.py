@@ -423,3 +423,18 @@ def test_quantized_base_through_the_harness(tmp_path):
     assert 0 < small < full
     assert "(8bit bitsandbytes layers)" in (tmp_path / "q8" / "results.md").read_text()
     assert all(e["tasks"]["synthetic"]["accuracy"] for e in q8["methods"].values())
+
+
+def test_every_preset_parses_and_round_trips_through_compare_json():
+    import dataclasses
+
+    from tera.compare.presets import PRESETS, preset_from_dict
+
+    for name, preset in PRESETS.items():
+        assert parse_methods(preset.methods), name
+        assert preset.budget, f"{name} says how long it takes"
+        assert preset_from_dict(json.loads(json.dumps(dataclasses.asdict(preset)))) == preset
+    assert PRESETS["default"].seeds >= 3
+    gpu = PRESETS["paper-gpu"]
+    assert gpu.settings.steps >= 1000 and gpu.seeds >= 3 and len(gpu.tasks) >= 3
+    assert gpu.settings.device == "cuda" and gpu.settings.dtype == "bf16"
