@@ -117,7 +117,10 @@ PRESETS: dict[str, Preset] = {
         settings=TrainSettings(
             steps=100, batch_size=4, max_length=96, warmup_steps=10, eval_batch_size=16
         ),
-        budget="about 1 h on 2 CPU cores (estimated: a measured 0.7 s step of batch 4 x ~96 tokens, 34 runs of 100 steps plus evaluation); not yet timed on a GPU",
+        budget=(
+            "about 1 h on 2 CPU cores (estimated: a measured 0.7 s step of batch 4 x ~96 "
+            "tokens, 34 runs of 100 steps plus evaluation); not yet timed on a GPU"
+        ),
     ),
     "paper-gpu": Preset(
         model="smollm2",
