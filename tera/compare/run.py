@@ -26,8 +26,8 @@ Examples
 >>> [e["label"] for e in results["methods"].values()]
 ['TeRA', 'Head only']
 >>> entry = results["methods"]["tera"]["tasks"]["synthetic"]
->>> set(entry["lr_search"]) >= {"0.01", "0.03", "0.1"}, entry["lr"] in (0.003, 0.01, 0.03, 0.1, 0.3)
-(True, True)
+>>> set(entry["lr_search"]) >= {"0.03", "0.1", "0.3"}  # TeRA's grid, maybe one more point
+True
 """
 
 from __future__ import annotations
