@@ -18,7 +18,7 @@ Dtype policy
 ------------
 The adapter's own tensors (trainable parameters, shared factors, ``dW``) stay float32 (as
 on every base). The adapter's matmul with the activations runs by the base's ordinary
-:func:`~tera.adapters.execution_policy`, read from the activations' dtype (the
+:func:`~tera.adapters.policy.execution_policy`, read from the activations' dtype (the
 dtype the quantized layer computes in): float32 on a CPU, the half compute dtype on an
 accelerator. The adapter's output is cast to the base output's dtype and added.
 
