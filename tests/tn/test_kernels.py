@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tera.adapters import tera_kernel
 from tera.errors import ShapeError
 from tera.tn import tucker_to_matrix
 from tera.tn.kernels import (
@@ -20,6 +21,13 @@ from tera.tn.kernels import (
 )
 
 F64 = torch.float64
+
+# The adapters' lean-backward kernel computes the same matrix: both are held to these laws.
+MATRIX_KERNELS = pytest.mark.parametrize(
+    "matrix",
+    [scaled_tucker_matrix, tera_kernel.scaled_tucker_matrix],
+    ids=["tn", "adapters-lean-backward"],
+)
 
 
 @st.composite
@@ -43,20 +51,22 @@ def _reference(core, vectors, factors, k, scale=1.0):
     return tucker_to_matrix(core, [v[:, None] * a for v, a in zip(vectors, factors)], k) * scale
 
 
+@MATRIX_KERNELS
 @settings(max_examples=100, deadline=None)
 @given(networks(), st.floats(0.1, 3.0))
-def test_forward_equals_tucker_to_matrix(net, scale):
+def test_forward_equals_tucker_to_matrix(matrix, net, scale):
     core, vectors, factors, k = net
-    out = scaled_tucker_matrix(core, vectors, factors, k, scale=scale)
+    out = matrix(core, vectors, factors, k, scale=scale)
     torch.testing.assert_close(out, _reference(core, vectors, factors, k, scale))
 
 
+@MATRIX_KERNELS
 @settings(max_examples=100, deadline=None)
 @given(networks(), st.integers(0, 2**31 - 1))
-def test_gradients_of_the_vectors_equal_autograd_of_the_reference(net, seed):
+def test_gradients_of_the_vectors_equal_autograd_of_the_reference(matrix, net, seed):
     core, vectors, factors, k = net
     vectors = [v.clone().requires_grad_(True) for v in vectors]
-    out = scaled_tucker_matrix(core, vectors, factors, k, scale=0.5)
+    out = matrix(core, vectors, factors, k, scale=0.5)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
     ours = torch.autograd.grad((out * weight).sum(), vectors)
     ref = torch.autograd.grad((_reference(core, vectors, factors, k, 0.5) * weight).sum(), vectors)
@@ -64,13 +74,14 @@ def test_gradients_of_the_vectors_equal_autograd_of_the_reference(net, seed):
         torch.testing.assert_close(a, b)
 
 
+@MATRIX_KERNELS
 @settings(max_examples=100, deadline=None)
 @given(networks(), st.integers(0, 2**31 - 1), st.booleans())
-def test_transposed_output_and_its_gradients(net, seed, contiguous_grad):
+def test_transposed_output_and_its_gradients(matrix, net, seed, contiguous_grad):
     """``transpose=True`` is the transpose; its backward takes either gradient layout."""
     core, vectors, factors, k = net
     vectors = [v.clone().requires_grad_(True) for v in vectors]
-    out = scaled_tucker_matrix(core, vectors, factors, k, transpose=True)
+    out = matrix(core, vectors, factors, k, transpose=True)
     ref = _reference(core, vectors, factors, k)
     torch.testing.assert_close(out, ref.T)
     gen = torch.Generator().manual_seed(seed)
@@ -83,7 +94,8 @@ def test_transposed_output_and_its_gradients(net, seed, contiguous_grad):
         torch.testing.assert_close(a, b)
 
 
-def test_gradcheck_of_the_custom_backward():
+@MATRIX_KERNELS
+def test_gradcheck_of_the_custom_backward(matrix):
     gen = torch.Generator().manual_seed(0)
     modes = (3, 2, 4)
     core = torch.randn(*modes, generator=gen, dtype=F64)
@@ -91,12 +103,13 @@ def test_gradcheck_of_the_custom_backward():
     vectors = [torch.randn(i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
     for transpose in (False, True):
         assert torch.autograd.gradcheck(
-            lambda *v, t=transpose: scaled_tucker_matrix(core, list(v), factors, 2, transpose=t),
+            lambda *v, t=transpose: matrix(core, list(v), factors, 2, transpose=t),
             vectors,
         )
 
 
-def test_trainable_core_and_factors_fall_back_to_plain_autograd():
+@MATRIX_KERNELS
+def test_trainable_core_and_factors_fall_back_to_plain_autograd(matrix):
     """Research use: gradients for G and A_n too (the lean backward only serves the d's)."""
     gen = torch.Generator().manual_seed(1)
     modes = (4, 2, 3)
@@ -104,7 +117,7 @@ def test_trainable_core_and_factors_fall_back_to_plain_autograd():
     factors = [torch.randn(i, i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
     vectors = [torch.randn(i, generator=gen, dtype=F64, requires_grad=True) for i in modes]
     ours = torch.autograd.grad(
-        scaled_tucker_matrix(core, vectors, factors, 1).square().sum(),
+        matrix(core, vectors, factors, 1).square().sum(),
         [core, *factors, *vectors],
     )
     ref = torch.autograd.grad(
@@ -114,7 +127,8 @@ def test_trainable_core_and_factors_fall_back_to_plain_autograd():
         torch.testing.assert_close(a, b)
 
 
-def test_numpy_inputs_give_numpy_output():
+@MATRIX_KERNELS
+def test_numpy_inputs_give_numpy_output(matrix):
     rng = np.random.default_rng(0)
     core = rng.standard_normal((4, 2, 2))
     factors = [
@@ -123,14 +137,15 @@ def test_numpy_inputs_give_numpy_output():
         rng.standard_normal((2, 2)),
     ]
     vectors = [rng.standard_normal(4), rng.standard_normal(2), rng.standard_normal(2)]
-    out = scaled_tucker_matrix(core, vectors, factors, 1)
+    out = matrix(core, vectors, factors, 1)
     assert isinstance(out, np.ndarray)
     ref = tucker_to_matrix(core, [v[:, None] * a for v, a in zip(vectors, factors)], 1)
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
 
 
+@MATRIX_KERNELS
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_low_precision_within_its_rounding(dtype):
+def test_low_precision_within_its_rounding(matrix, dtype):
     """float32/bf16 agree with float64 to a few units of their own rounding.
 
     Each entry is a sum of prod(R) products; relative to the result's norm the error is
@@ -141,10 +156,8 @@ def test_low_precision_within_its_rounding(dtype):
     core = torch.randn(*modes, generator=gen, dtype=F64)
     factors = [torch.randn(i, i, generator=gen, dtype=F64) / math.sqrt(i) for i in modes]
     vectors = [torch.rand(i, generator=gen, dtype=F64) for i in modes]
-    ref = scaled_tucker_matrix(core, vectors, factors, 1)
-    low = scaled_tucker_matrix(
-        core.to(dtype), [v.to(dtype) for v in vectors], [a.to(dtype) for a in factors], 1
-    )
+    ref = matrix(core, vectors, factors, 1)
+    low = matrix(core.to(dtype), [v.to(dtype) for v in vectors], [a.to(dtype) for a in factors], 1)
     assert low.dtype == dtype
     eps = torch.finfo(dtype).eps
     err = (low.double() - ref).norm() / ref.norm()
@@ -179,12 +192,11 @@ def test_flops_of_the_paper_case_are_near_2_j_cubed():
         (((2, 3), [(2,), (3,)], [(2, 2), (3, 3)], 3), "k=3 is out of range"),
     ],
 )
-def test_bad_shapes_raise_shape_error(args, match):
+@MATRIX_KERNELS
+def test_bad_shapes_raise_shape_error(matrix, args, match):
     core, vecs, facs, k = args
     with pytest.raises(ShapeError, match=match):
-        scaled_tucker_matrix(
-            torch.zeros(core), [torch.zeros(v) for v in vecs], [torch.zeros(f) for f in facs], k
-        )
+        matrix(torch.zeros(core), [torch.zeros(v) for v in vecs], [torch.zeros(f) for f in facs], k)
 
 
 @settings(max_examples=100, deadline=None)
