@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
+from tera.compare.jsonfile import write_json
 from tera.compare.plots import write_plots
 
 __all__ = [
@@ -451,16 +451,6 @@ def summary_line(results: dict[str, Any]) -> str:
     return "tera compare: " + ", ".join(parts)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def write_reports(results: dict[str, Any], out: Path) -> None:
     """Write ``results.json``, ``results.md`` and the PNG plots into ``out``.
 
@@ -472,5 +462,5 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
     results["verdicts"] = verdict_lines(results)
     results["not_learning"] = not_learning(results)
     results["plots"] = write_plots(results, out)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+    write_json(out / "results.json", results)
     (out / "results.md").write_text(markdown_table(results))

@@ -63,6 +63,7 @@ from tera.compare.data import (
 )
 from tera.compare.datafile import TASK_FILE_SUFFIXES
 from tera.compare.folder import is_model_folder, load_model_folder
+from tera.compare.jsonfile import jsonable, write_json
 from tera.compare.methods import Method, for_model_kind, method_config, parse_methods
 from tera.compare.models import (
     LoadedModel,
@@ -74,11 +75,10 @@ from tera.compare.models import (
 from tera.compare.presets import Preset
 from tera.compare.train import (
     _ranks,
-    _weight_bytes,
     evaluate,
+    fine_tune,
     load_for_run,
     prepare,
-    train,
     trainable_state,
 )
 from tera.errors import LoadError, TeraError
@@ -259,25 +259,8 @@ def _slug(text: str) -> str:
     return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(_jsonable(data), indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def _preset_dict(preset: Preset) -> dict[str, Any]:
-    return _jsonable(dataclasses.asdict(preset))  # type: ignore[no-any-return]
+    return jsonable(dataclasses.asdict(preset))  # type: ignore[no-any-return]
 
 
 def _lr_text(lr: float) -> str:
@@ -315,7 +298,7 @@ class _Runner:
         data.update(
             task=task, method=method.name, purpose=purpose, wall_seconds=time.perf_counter() - start
         )
-        _write_json(path, data)
+        write_json(path, data)
         self.done += 1
         if self.on_run is not None:
             self.on_run(data)
@@ -346,26 +329,20 @@ class _Runner:
 
         torch.manual_seed(seed)
         loaded = self._load(load)
-        base_params = sum(p.numel() for p in loaded.model.parameters())
-        base_bytes = _weight_bytes(loaded.model)
-        base_weight_bytes = weight_bytes(loaded.model)
-        model, adapted = prepare(loaded, method, seed)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
-        stats = train(model, loaded, splits.train, lr, self.settings, seed, desc)
-        if stats.memory:
-            stats.memory["adapter_weights"] = max(_weight_bytes(model) - base_bytes, 0)
+        base_weight_bytes = weight_bytes(loaded.model)  # as stored: quantized bytes count less
+        run = fine_tune(loaded, method, splits.train, lr, self.settings, seed, desc)
         info = {
             "lr": lr,
             "seed": seed,
-            "losses": stats.losses,
-            "train_seconds": stats.seconds,
-            "memory": stats.memory,
-            "adapter_params": adapter_params,
-            "head_params": trainable - adapter_params,
-            "base_params": base_params,
+            "losses": run.stats.losses,
+            "train_seconds": run.stats.seconds,
+            "memory": run.stats.memory,
+            "adapter_params": run.adapter_params,
+            "head_params": run.head_params,
+            "base_params": run.base_params,
             "base_weight_bytes": base_weight_bytes,
         }
+        model, adapted = run.model, run.adapted
         return model, adapted, loaded, info
 
     def trial(
@@ -505,12 +482,12 @@ def _prepare_out(out: Path, preset: Preset, resume: bool, overwrite: bool) -> No
                 "options) or start a new one in another --out"
             )
         if differ:  # more methods, tasks or seeds: the finished runs stay valid
-            _write_json(marker, {"format": _FORMAT, "preset": mine})
+            write_json(marker, {"format": _FORMAT, "preset": mine})
     if resume and saved is None and not (out / "runs").exists():
         raise ComparisonExistsError(f"nothing to resume in {out}: it holds no comparison")
     out.mkdir(parents=True, exist_ok=True)
     if saved is None:
-        _write_json(marker, {"format": _FORMAT, "preset": _preset_dict(preset)})
+        write_json(marker, {"format": _FORMAT, "preset": _preset_dict(preset)})
 
 
 def saved_preset(out: str | Path) -> Preset:

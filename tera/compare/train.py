@@ -26,10 +26,12 @@ from tera.compare.models import LoadedModel
 __all__ = [
     "DTYPE_NAMES",
     "Evaluation",
+    "FineTuned",
     "RunResult",
     "TrainSettings",
     "TrainStats",
     "evaluate",
+    "fine_tune",
     "load_for_run",
     "prepare",
     "train",
@@ -408,6 +410,42 @@ def load_for_run(load: Callable[[], LoadedModel], settings: TrainSettings) -> Lo
     return loaded
 
 
+@dataclass
+class FineTuned:
+    """One run's trained model and what it cost (see :func:`fine_tune`)."""
+
+    model: nn.Module
+    adapted: AdaptedModel | None
+    stats: TrainStats
+    adapter_params: int
+    head_params: int
+    base_params: int
+
+
+def fine_tune(
+    loaded: LoadedModel,
+    method: Method,
+    examples: Sequence[Example],
+    lr: float,
+    settings: TrainSettings,
+    seed: int = 0,
+    desc: str = "",
+) -> FineTuned:
+    """Put ``method`` on ``loaded`` (:func:`prepare`), :func:`train` it, count what it trains.
+
+    ``stats.memory["adapter_weights"]`` is what the adapter added to the model's weights.
+    """
+    base_params = sum(p.numel() for p in loaded.model.parameters())
+    base_bytes = _weight_bytes(loaded.model)
+    model, adapted = prepare(loaded, method, seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
+    stats = train(model, loaded, examples, lr, settings, seed, desc or method.name)
+    if stats.memory:
+        stats.memory["adapter_weights"] = max(_weight_bytes(model) - base_bytes, 0)
+    return FineTuned(model, adapted, stats, adapter_params, trainable - adapter_params, base_params)
+
+
 def train_run(
     load: Callable[[], LoadedModel],
     method: Method,
@@ -471,23 +509,15 @@ def train_run(
     """
     torch.manual_seed(seed)
     loaded = load_for_run(load, settings)
-    base_params = sum(p.numel() for p in loaded.model.parameters())
-    base_bytes = _weight_bytes(loaded.model)
-    model, adapted = prepare(loaded, method, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    adapter_params = adapted.parameter_report().adapter if adapted is not None else 0
-    head_params = sum(p.numel() for p in params) - adapter_params
-    stats = train(model, loaded, train_examples, lr, settings, seed, desc or method.name)
-    if stats.memory:
-        stats.memory["adapter_weights"] = max(_weight_bytes(model) - base_bytes, 0)
-    result = evaluate(model, loaded, evaluation, settings, desc=f"{desc} eval")
+    run = fine_tune(loaded, method, train_examples, lr, settings, seed, desc)
+    result = evaluate(run.model, loaded, evaluation, settings, desc=f"{desc} eval")
     return RunResult(
         accuracy=result.accuracy,
-        losses=stats.losses,
-        adapter_params=adapter_params,
-        head_params=head_params,
-        base_params=base_params,
-        train_seconds=stats.seconds,
-        memory=stats.memory,
-        ranks=_ranks(adapted) if with_ranks else {},
+        losses=run.stats.losses,
+        adapter_params=run.adapter_params,
+        head_params=run.head_params,
+        base_params=run.base_params,
+        train_seconds=run.stats.seconds,
+        memory=run.stats.memory,
+        ranks=_ranks(run.adapted) if with_ranks else {},
     )
