@@ -29,7 +29,7 @@ from typing import Any
 
 from tera.compare.methods import split_specs
 from tera.compare.presets import PRESETS
-from tera.compare.report import mean_interval, paired_accuracies, paired_test
+from tera.compare.report import difference_text, mean_interval, paired_accuracies, paired_test
 from tera.compare.run import compare
 
 DEFAULT_SCALE = 1 / math.sqrt(384)
@@ -126,11 +126,7 @@ def ablation_tables(results: dict[str, Any], groups: list[str]) -> str:
                 if test["low"] is None:
                     cells += ["-", "-"]
                 else:
-                    cells.append(
-                        f"{float(test['mean'] or 0):+.2f} "
-                        f"[{float(test['low']):+.2f}, {float(test['high'] or 0):+.2f}]"
-                    )
-                    cells.append(f"{float(test['p'] or 0):.2g}")
+                    cells += [difference_text(test), f"{float(test['p'] or 0):.2g}"]
             lrs = [f"{t['lr']:g}" for t in e["tasks"].values() if t.get("lr") is not None]
             cells.append(", ".join(lrs) or "-")
             lines.append("| " + " | ".join(cells) + " |")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tera.compare.report import mean_interval, paired_accuracies, paired_test
+from tera.compare.report import difference_text, mean_interval, paired_accuracies, paired_test
 
 
 def table(full: dict[str, Any], quantized: dict[str, Any]) -> str:
@@ -46,11 +46,7 @@ def table(full: dict[str, Any], quantized: dict[str, Any]) -> str:
         if test["low"] is None:
             cells += ["-", "-"]
         else:
-            cells.append(
-                f"{float(test['mean'] or 0):+.2f} [{float(test['low']):+.2f}, "
-                f"{float(test['high'] or 0):+.2f}]"
-            )
-            cells.append(f"{float(test['p'] or 0):.2g}")
+            cells += [difference_text(test), f"{float(test['p'] or 0):.2g}"]
         for entry in (f, q):
             size = entry.get("base_weight_bytes")
             cells.append(f"{size / 2**20:.1f}" if size else "-")

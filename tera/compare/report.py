@@ -12,6 +12,7 @@ from tera.compare.plots import write_plots
 
 __all__ = [
     "MIN_PAIRS",
+    "difference_text",
     "markdown_table",
     "mean_interval",
     "not_learning",
@@ -189,6 +190,18 @@ def paired_test(pairs: list[tuple[float, float]]) -> dict[str, float | int | Non
     return out
 
 
+def difference_text(test: dict[str, float | int | None]) -> str:
+    """A :func:`paired_test` with an interval as a table cell: ``"+1.23 [-0.40, +2.86]"``.
+
+    Examples
+    --------
+    >>> difference_text({"mean": 1.234, "low": -0.4, "high": 2.86})
+    '+1.23 [-0.40, +2.86]'
+    """
+    mean, low, high = (float(test[k] or 0) for k in ("mean", "low", "high"))
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def paired_tests(results: dict[str, Any]) -> dict[str, dict[str, float | int | None]]:
     """:func:`paired_test` of the reference method (:func:`reference_method`) against each other.
 
@@ -358,9 +371,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         elif test["low"] is None:
             cells += [f"{float(test['mean']):+.2f}", "n/a (1 pair)"]
         else:  # the reference minus the row's method, in points
-            low, high, p = (float(test[k] or 0) for k in ("low", "high", "p"))
-            cells.append(f"{float(test['mean']):+.2f} [{low:+.2f}, {high:+.2f}]")
-            cells.append(f"{p:.2g}")
+            cells += [difference_text(test), f"{float(test['p'] or 0):.2g}"]
         trains = entry.get("trains", True)
         secs = [s for t in entry["tasks"].values() for s in t.get("train_seconds", [])]
         mem = [m for t in entry["tasks"].values() for m in t.get("train_memory_mb", [])]
