@@ -419,6 +419,49 @@ class ChainEvaluator(EinsumEvaluator):
         return h
 
 
+    def push_rows(
+        self,
+        operands: Sequence[torch.Tensor],
+        stacked: Sequence[bool],
+        x: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """``x[b] @ dW_{rows[b]}.T`` for every leading row ``b``: many adapters in one pass.
+
+        The operands flagged in ``stacked`` carry a leading adapter axis (a bank of several
+        adapters' tensors of one shape); ``rows[b]`` picks row ``b``'s adapter. A stacked
+        vector scales the activations row by row (VeRA: one pass of the shared ``F.linear``
+        for the whole batch); a stacked matrix is gathered per row and applied with one
+        batched GEMM (LoRA: grouped GEMMs, no loop over rows or adapters). ``x`` is
+        ``(rows, tokens, in)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tera.adapters.engine import ChainEvaluator, Network
+        >>> A, B = torch.randn(2, 3), torch.randn(4, 2)
+        >>> d = torch.randn(5, 2)   # a bank of 5 adapters' vectors
+        >>> net = Network(("or", "r", "ri"), (B, d[0], A), "i", "o", (3,), (4,))
+        >>> x, rows = torch.randn(3, 7, 3), torch.tensor([4, 0, 4])
+        >>> y = ChainEvaluator(net).push_rows((B, d, A), (False, True, False), x, rows)
+        >>> ref = x[1] @ (B @ torch.diag(d[0]) @ A).T
+        >>> bool(torch.allclose(y[1], ref, atol=1e-6))
+        True
+        """
+        h = x
+        for i, stored_next_first, vector_ids in self._chain:
+            m = operands[i]
+            if stacked[i]:
+                per_row = m.index_select(0, rows)  # (rows, next, current) or (rows, current, next)
+                h = torch.bmm(h, per_row.transpose(1, 2) if stored_next_first else per_row)
+            else:
+                h = F.linear(h, m if stored_next_first else m.T)
+            for v in vector_ids:
+                vec = operands[v]
+                h = h * (vec.index_select(0, rows)[:, None, :] if stacked[v] else vec)
+        return h
+
+
 def build_evaluator(net: Network) -> Evaluator:
     """Validate ``net`` and build the evaluator it declares (the planned einsum by default).
 

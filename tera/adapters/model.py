@@ -21,10 +21,12 @@ import tera.adapters.vera  # noqa: F401 - the four adapters register themselves 
 from tera.adapters import io, quantized, registry
 from tera.adapters.base import Adapter
 from tera.adapters.config import AdapterConfig, config_from_dict
-from tera.adapters.factors import SharedFactors
+from tera.adapters.factors import SharedFactors, fingerprint
 from tera.adapters.layer import (
+    BASE_ADAPTER,
     AdapterLinear,
     EnginePath,
+    RowAdapters,
     is_conv1d,
     linear_shape,
     module_weight,
@@ -195,7 +197,11 @@ def _modules_to_save(model: nn.Module, names: Sequence[str]) -> list[tuple[str, 
 
 
 def adapt(
-    model: nn.Module, config: AdapterConfig, *, targets: Sequence[str] | None = None
+    model: nn.Module,
+    config: AdapterConfig,
+    *,
+    targets: Sequence[str] | None = None,
+    adapter_name: str = "default",
 ) -> AdaptedModel:
     """Attach the adapter described by ``config`` to ``model``'s target layers.
 
@@ -211,6 +217,9 @@ def adapt(
         ``TeRAConfig``, ``VeRAConfig``, ``HiRAConfig`` or ``LoRAConfig``.
     targets : sequence of str, optional
         Exact layer names, overriding ``config.target_modules`` (used when loading).
+    adapter_name : str
+        The adapter's name (PEFT's ``"default"``); more adapters join it with
+        :meth:`AdaptedModel.add_adapter` and :meth:`AdaptedModel.load_adapter`.
 
     Returns
     -------
@@ -242,6 +251,35 @@ def adapt(
             except AttributeError:
                 raise TargetError(f"the model has no module named '{name}'") from None
     saved = _modules_to_save(model, config.modules_to_save)
+    _check_adapter_name(adapter_name)
+    _same_device(found)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    shared = SharedFactors()
+    layers: dict[str, AdapterLinear] = {}
+    for name, module in found:
+        in_f, out_f = linear_shape(module, name)
+        adapter = cls(config, in_f, out_f, shared, name, device=module_weight(module).device)
+        layer = AdapterLinear(
+            module, adapter, dropout=config.dropout, shared=shared, adapter_name=adapter_name
+        )
+        _set_submodule(model, name, layer)
+        layers[name] = layer
+    for _, m in saved:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return AdaptedModel(model, config, layers, [n for n, _ in saved], adapter_name)
+
+
+def _check_adapter_name(name: object) -> None:
+    if not isinstance(name, str) or not name or "." in name or name == BASE_ADAPTER:
+        raise AdapterStateError(
+            f"adapter_name must be a non-empty string without dots, other than "
+            f"{BASE_ADAPTER!r} (which names the base model in mixed batches); got {name!r}"
+        )
+
+
+def _same_device(found: Sequence[tuple[str, nn.Module]]) -> None:
     devices = {str(module_weight(m).device) for _, m in found}
     if len(devices) > 1:
         where = {n: str(module_weight(m).device) for n, m in found}
@@ -250,39 +288,32 @@ def adapt(
             f"{dict(list(where.items())[:4])}); the frozen shared factors are stored once per "
             "shape, on one device: move the model to one device (model.to(device)) before adapt()"
         )
-    for p in model.parameters():
-        p.requires_grad_(False)
-    shared = SharedFactors()
-    layers: dict[str, AdapterLinear] = {}
-    for name, module in found:
-        in_f, out_f = linear_shape(module, name)
-        adapter = cls(config, in_f, out_f, shared, name, device=module_weight(module).device)
-        layer = AdapterLinear(module, adapter, dropout=config.dropout, shared=shared)
-        _set_submodule(model, name, layer)
-        layers[name] = layer
-    for _, m in saved:
-        for p in m.parameters():
-            p.requires_grad_(True)
-    return AdaptedModel(model, config, layers, [n for n, _ in saved])
 
 
 class _Forward:
     """``AdaptedModel.forward``: calls the base model, shows the base ``forward``'s signature."""
 
-    def __init__(self, module: nn.Module) -> None:
-        self._module = module
+    def __init__(self, model: AdaptedModel) -> None:
+        self._model = model
 
     @property
     def __signature__(self) -> inspect.Signature:
-        return inspect.signature(self._module.forward)
+        return inspect.signature(self._model.base_model.forward)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._module(*args, **kwargs)
+        return _call_base(self._model, *args, **kwargs)
 
 
 def _call_base(self: AdaptedModel, *args: Any, **kwargs: Any) -> Any:
-    """Call the base model (its adapted layers run their adapters)."""
-    return self.base_model(*args, **kwargs)
+    """Call the base model (its adapted layers run their adapters).
+
+    ``adapter_names=[...]`` (one name per row, ``"__base__"`` for none) runs a mixed batch.
+    """
+    names = kwargs.pop("adapter_names", None)
+    if names is None:
+        return self.base_model(*args, **kwargs)
+    with self._mixed_batch(names, args, kwargs):
+        return self.base_model(*args, **kwargs)
 
 
 class _ForwardDescriptor:
@@ -295,7 +326,7 @@ class _ForwardDescriptor:
     def __get__(
         self, obj: AdaptedModel | None, owner: type | None = None
     ) -> _Forward | Callable[..., Any]:
-        return _call_base if obj is None else _Forward(obj.base_model)
+        return _call_base if obj is None else _Forward(obj)
 
 
 class AdaptedModel(nn.Module):
@@ -326,10 +357,12 @@ class AdaptedModel(nn.Module):
         config: AdapterConfig,
         layers: dict[str, AdapterLinear],
         modules_to_save: list[str],
+        adapter_name: str = "default",
     ) -> None:
         super().__init__()
         self.base_model = model
-        self.adapter_config = config
+        self._configs: dict[str, AdapterConfig] = {adapter_name: config}
+        self._active = adapter_name
         self._layer_names = list(layers)
         self.modules_to_save = modules_to_save
 
@@ -350,11 +383,264 @@ class AdaptedModel(nn.Module):
     """
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Pass-through to the base model's ``generate`` (Hugging Face models)."""
+        """Pass-through to the base model's ``generate`` (Hugging Face models).
+
+        ``adapter_names=[...]`` (one name per prompt, ``"__base__"`` for none) generates a
+        mixed batch: every step, prefill and the cached decoding steps alike, runs each row
+        through its own adapter (beams and return sequences inherit their prompt's).
+        """
         generate = getattr(self.base_model, "generate", None)
         if generate is None:
             raise AttributeError(f"{type(self.base_model).__name__} has no generate()")
-        return generate(*args, **kwargs)
+        names = kwargs.pop("adapter_names", None)
+        if names is None:
+            return generate(*args, **kwargs)
+        with self._mixed_batch(names, args, kwargs):
+            return generate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _mixed_batch(
+        self, names: Sequence[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Iterator[None]:
+        """Every adapted layer runs row ``b`` through adapter ``names[b]`` inside."""
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise AdapterStateError(
+                f"adapter_names must be a list of adapter names, one per row, got {names!r}"
+            )
+        known = self.adapter_names
+        unknown = sorted({n for n in names if n != BASE_ADAPTER and n not in known})
+        if unknown:
+            raise AdapterStateError(
+                f"adapter_names names {unknown}, which this model does not hold; it holds "
+                f"{known} (and {BASE_ADAPTER!r} gives the base model)"
+            )
+        layers = list(self.adapter_layers.values())
+        if any(layer.merged for layer in layers):
+            raise AdapterStateError(
+                "a merged model cannot serve a mixed batch (its weights hold one adapter); "
+                "call unmerge() first"
+            )
+        first = next(iter(args), kwargs.get("input_ids", kwargs.get("inputs_embeds")))
+        if isinstance(first, torch.Tensor) and first.ndim >= 1 and first.shape[0] != len(names):
+            raise ShapeError(
+                f"adapter_names gives {len(names)} names for a batch of {first.shape[0]} rows; "
+                "give one name per row"
+            )
+        batch = RowAdapters.from_names(list(names))
+        for layer in layers:
+            layer.row_adapters = batch
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.row_adapters = None
+
+    # -- many adapters (PEFT's names) ------------------------------------------------------
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        """The configuration of the active adapter."""
+        return self._configs[self._active]
+
+    @property
+    def peft_config(self) -> dict[str, AdapterConfig]:
+        """``name -> configuration`` of every adapter held (PEFT's name)."""
+        return dict(self._configs)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The names of the adapters held, in the order they were added."""
+        return list(self._configs)
+
+    @property
+    def active_adapter(self) -> str:
+        """The adapter a plain forward runs (set with :meth:`set_adapter`)."""
+        return self._active
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the adapter a plain forward (and merge, save) uses.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> from tera.adapters import LoRAConfig, adapt
+        >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
+        >>> model.add_adapter("bob", LoRAConfig(r=4, target_modules=["0"]))
+        >>> model.set_adapter("bob"); model.active_adapter
+        'bob'
+        """
+        self._require(adapter_name)
+        if any(layer.merged for layer in self.adapter_layers.values()):
+            raise AdapterStateError(
+                "the model is merged; unmerge() before switching adapters"
+            )
+        self._active = adapter_name
+        for layer in self.adapter_layers.values():
+            layer.active_adapter = adapter_name
+
+    def _require(self, adapter_name: str) -> None:
+        if adapter_name not in self._configs:
+            raise AdapterStateError(
+                f"this model holds no adapter named {adapter_name!r}; it holds "
+                f"{self.adapter_names}"
+            )
+
+    def _targets_to_add(
+        self, config: AdapterConfig, targets: Sequence[str] | None
+    ) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` to adapt: adapted layers (joined) or plain Linear ones (wrapped)."""
+        if targets is not None:
+            found = []
+            for name in targets:
+                try:
+                    found.append((name, self.base_model.get_submodule(name)))
+                except AttributeError:
+                    raise TargetError(f"the model has no module named '{name}'") from None
+            return found
+        adapted = set(self._layer_names)
+        found = []
+        for name, module in self.base_model.named_modules():
+            if not name or _inside_adapter(name, adapted):
+                continue
+            if _matches(name, config.target_modules):
+                if not isinstance(module, AdapterLinear) and not _is_linear(module):
+                    linear_shape(module, name)  # raises TargetError naming the module
+                found.append((name, module))
+        if not found:
+            find_targets(self.base_model, config.target_modules)  # raises TargetError
+        return found
+
+    def add_adapter(
+        self,
+        adapter_name: str,
+        config: AdapterConfig,
+        *,
+        targets: Sequence[str] | None = None,
+    ) -> None:
+        """Add a new adapter (initialized as :func:`adapt` does); the active one stays.
+
+        Adapters of one kind, scheme and seed share the frozen factors (one storage), so
+        each extra adapter costs its trainable tensors only. It may target other layers
+        than the adapters already held; on a layer it does not adapt it is the base.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> from tera.adapters import TeRAConfig, adapt
+        >>> config = TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"])
+        >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), config)
+        >>> model.add_adapter("bob", config)
+        >>> layer = model.adapter_layers["0"]
+        >>> a, b = (layer.adapters[n].operands(layer.base_weight())[0] for n in ("default", "bob"))
+        >>> a.data_ptr() == b.data_ptr()   # the frozen core G: one storage for both
+        True
+        """
+        _check_adapter_name(adapter_name)
+        if adapter_name in self._configs:
+            raise AdapterStateError(
+                f"this model already holds an adapter named {adapter_name!r}; "
+                "delete_adapter() it first or choose another name"
+            )
+        cls = _adapter_class(config)
+        found = self._targets_to_add(config, targets)
+        shared = self.shared_factors
+        built: list[str] = []
+        try:
+            for name, module in found:
+                if isinstance(module, AdapterLinear):
+                    layer = module
+                else:
+                    layer = None
+                in_f, out_f = linear_shape(layer.base_layer if layer else module, name)
+                device = module_weight(layer.base_layer if layer else module).device
+                adapter = cls(config, in_f, out_f, shared, name, device=device)
+                if layer is None:
+                    module.requires_grad_(False)
+                    layer = AdapterLinear(
+                        module,
+                        adapter,
+                        dropout=config.dropout,
+                        shared=shared,
+                        adapter_name=adapter_name,
+                    )
+                    layer.active_adapter = self._active
+                    _set_submodule(self.base_model, name, layer)
+                    self._layer_names.append(name)
+                else:
+                    layer.add_adapter(adapter_name, adapter, config.dropout)
+                built.append(name)
+        except Exception:
+            self._configs[adapter_name] = config
+            self.delete_adapter(adapter_name)
+            raise
+        self._configs[adapter_name] = config
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter from every layer (PEFT's name).
+
+        Layers left without any adapter are unwrapped (the plain base layer again). Deleting
+        the active adapter makes the first remaining one active; the last one cannot be
+        deleted (:meth:`unload` removes everything).
+        """
+        self._require(adapter_name)
+        remaining = [n for n in self._configs if n != adapter_name]
+        if not remaining:
+            raise AdapterStateError(
+                f"{adapter_name!r} is the only adapter; unload() the model to remove it"
+            )
+        for name, layer in list(self.adapter_layers.items()):
+            if adapter_name in layer.adapters:
+                layer.delete_adapter(adapter_name)
+            if not layer.adapters:
+                _set_submodule(self.base_model, name, layer.base_layer)
+                self._layer_names.remove(name)
+        del self._configs[adapter_name]
+        if self._active == adapter_name:
+            self.set_adapter(remaining[0])
+
+    def adapter_bytes(self, adapter_name: str | None = None) -> int:
+        """Bytes of one adapter's own (trainable) tensors: what each extra adapter costs."""
+        return sum(
+            p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name)
+        )
+
+    def load_adapter(
+        self, directory: str | FsPath, adapter_name: str, is_trainable: bool = False
+    ) -> None:
+        """Load a saved adapter as one more adapter named ``adapter_name`` (PEFT's name).
+
+        The active adapter does not change (:meth:`set_adapter`, or ``adapter_names=`` per
+        row). An adapter that does not fit the model (other layer names or shapes, another
+        format, corrupted or non-finite tensors, frozen factors that differ from those the
+        model's other adapters use under the same key) is refused with our error and
+        leaves the model as it was: the other adapters stay usable.
+
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from tera.adapters import TeRAConfig, adapt
+        >>> config = TeRAConfig(in_mode=4, out_mode=4, target_modules=["0"])
+        >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), config)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     model.save_pretrained(d)
+        ...     model.load_adapter(d, adapter_name="alice")
+        >>> model.adapter_names
+        ['default', 'alice']
+        """
+        directory = FsPath(directory)
+        meta, tensors = _read_adapter(directory)
+        config = config_from_dict(meta["config"])
+        targets = _check_targets(self.base_model, meta, directory)
+        self.add_adapter(adapter_name, config, targets=list(targets))
+        try:
+            self._restore(meta, tensors, directory, adapter_name)
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+        for _, p in self.adapter_parameters(adapter_name):
+            p.requires_grad_(is_trainable)
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -370,11 +656,20 @@ class AdaptedModel(nn.Module):
             raise AdapterStateError("the adapter was unloaded from this model")
         return layers[0].tera_factors
 
-    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """``(name, parameter)`` for each trainable adapter parameter, named as saved."""
+    def adapter_parameters(
+        self, adapter_name: str | None = None
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of an adapter's (the active one's) tensors, named as saved.
+
+        Saved names leave the adapter's name out (``<layer>.adapter.<parameter>``), as
+        PEFT's files do, so one file loads under any name.
+        """
+        name = self._active if adapter_name is None else adapter_name
+        self._require(name)
         for lname, layer in self.adapter_layers.items():
-            for pname, p in layer.adapter.named_parameters():
-                yield f"{lname}.adapter.{pname}", p
+            if name in layer.adapters:
+                for pname, p in layer.adapters[name].named_parameters():
+                    yield f"{lname}.adapter.{pname}", p
 
     def trainable_parameter_count(self) -> int:
         """Parameters with ``requires_grad`` (adapter plus ``modules_to_save``)."""
@@ -382,13 +677,15 @@ class AdaptedModel(nn.Module):
 
     def parameter_report(self) -> ParameterReport:
         """Counts as :func:`parameter_report`, on the adapted model."""
+        active = self._active
         layers = {
             name: (
                 lay.in_features,
                 lay.out_features,
-                sum(p.numel() for p in lay.adapter.parameters()),
+                sum(p.numel() for p in lay.adapters[active].parameters()),
             )
             for name, lay in self.adapter_layers.items()
+            if active in lay.adapters
         }
         adapter = sum(t for _, _, t in layers.values())
         saved = sum(
@@ -396,8 +693,13 @@ class AdaptedModel(nn.Module):
             for n in self.modules_to_save
             for p in self.base_model.get_submodule(n).parameters()
         )
-        total = sum(quantized.numel(p) for p in self.parameters())  # hook: 4-bit weights
-        return ParameterReport(adapter, saved, total - adapter, layers)
+        total = sum(quantized.numel(p) for p in self.base_parameters())  # hook: 4-bit
+        return ParameterReport(adapter, saved, total, layers)
+
+    def base_parameters(self) -> Iterator[nn.Parameter]:
+        """The base model's parameters (every adapter's own tensors left out)."""
+        own = {id(p) for layer in self.adapter_layers.values() for p in layer.adapters.parameters()}
+        return (p for p in self.parameters() if id(p) not in own)
 
     def print_trainable_parameters(self) -> None:
         """Print PEFT's line: ``trainable params: N || all params: M || trainable%: P``."""
@@ -421,12 +723,17 @@ class AdaptedModel(nn.Module):
         """Merge every adapter into its base weight (inference at base speed)."""
         with quantized.merge_report():  # quantized-base hook: one warning for all layers
             for layer in self.adapter_layers.values():
-                layer.merge()
+                if layer.active_adapter in layer.adapters:
+                    layer.merge()
 
     def unmerge(self) -> None:
         """Undo :meth:`merge`."""
-        for layer in self.adapter_layers.values():
-            layer.unmerge()
+        layers = list(self.adapter_layers.values())
+        if layers and not any(layer.merged for layer in layers):
+            raise AdapterStateError("this model is not merged; nothing to unmerge")
+        for layer in layers:
+            if layer.merged:
+                layer.unmerge()
 
     def _replace_layers(self, merge: bool, dequantize: bool = False) -> nn.Module:
         with quantized.merge_report():
@@ -436,7 +743,7 @@ class AdaptedModel(nn.Module):
                         self.base_model, name, quantized.unwrap(layer, merge, dequantize)
                     )
                     continue
-                if merge and not layer.merged:
+                if merge and not layer.merged and layer.active_adapter in layer.adapters:
                     layer.merge(keep_original=False)
                 if not merge and layer.merged:
                     layer.unmerge()
@@ -520,7 +827,8 @@ class AdaptedModel(nn.Module):
         for shared in {id(layer.tera_factors): layer.tera_factors for layer in layers}.values():
             shared.reset_parameters()
         for layer in layers:
-            layer.adapter.reset_parameters()
+            for adapter in layer.adapters.values():
+                adapter.reset_parameters()  # type: ignore[operator]
 
     def load_base_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], strict: bool = True
@@ -543,7 +851,7 @@ class AdaptedModel(nn.Module):
             mapped[f"{owner}.base_layer.{leaf}" if owner in names else key] = value
         result = self.base_model.load_state_dict(mapped, strict=False)
         adapter_keys = {
-            k for k in self.base_model.state_dict() if ".adapter." in k or "tera_factors" in k
+            k for k in self.base_model.state_dict() if ".adapters." in k or "tera_factors" in k
         }
         missing = sorted(set(result.missing_keys) - adapter_keys)
         if strict and (missing or result.unexpected_keys):
@@ -553,33 +861,48 @@ class AdaptedModel(nn.Module):
             )
 
     # -- saving and loading -------------------------------------------------------------------
-    def _adapter_state(self, include_factors: bool) -> dict[str, torch.Tensor]:
-        tensors = {name: p.detach() for name, p in self.adapter_parameters()}
+    def _factor_keys(self, adapter_name: str) -> list[str]:
+        """The frozen factors an adapter uses, in the model's creation order."""
+        used: set[str] = set()
+        for layer in self.adapter_layers.values():
+            if adapter_name in layer.adapters:
+                used.update(layer.adapters[adapter_name]._factor_keys)
+        return [k for k in self.shared_factors.keys() if k in used]  # noqa: SIM118
+
+    def _adapter_state(
+        self, include_factors: bool, adapter_name: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        name = self._active if adapter_name is None else adapter_name
+        tensors = {key: p.detach() for key, p in self.adapter_parameters(name)}
         for mname in self.modules_to_save:
             for pname, p in self.base_model.get_submodule(mname).named_parameters():
                 tensors[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p.detach()
         if include_factors:
-            for i, (_key, t) in enumerate(self.shared_factors.items()):
-                tensors[f"{io.FACTOR_PREFIX}{i}"] = t.detach()
+            shared = self.shared_factors
+            for i, key in enumerate(self._factor_keys(name)):
+                tensors[f"{io.FACTOR_PREFIX}{i}"] = shared.get(key).detach()
         return {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
-    def _adapter_meta(self, include_factors: bool) -> dict[str, Any]:
+    def _adapter_meta(self, include_factors: bool, adapter_name: str | None = None) -> dict[str, Any]:
         from tera import __version__
 
-        shared = self.shared_factors
+        name = self._active if adapter_name is None else adapter_name
+        config = self._configs[name]
+        keys = self._factor_keys(name)
         return {
             "library": "tera",
             "library_version": __version__,
-            "kind": self.adapter_config.kind,
-            "config": self.adapter_config.to_dict(),
-            "seed": self.adapter_config.seed,
+            "kind": config.kind,
+            "config": config.to_dict(),
+            "seed": config.seed,
             "targets": {
-                name: {"in_features": layer.in_features, "out_features": layer.out_features}
-                for name, layer in self.adapter_layers.items()
+                lname: {"in_features": layer.in_features, "out_features": layer.out_features}
+                for lname, layer in self.adapter_layers.items()
+                if name in layer.adapters
             },
             "modules_to_save": list(self.modules_to_save),
-            "factor_keys": shared.keys(),
-            "factor_fingerprint": shared.fingerprint(),
+            "factor_keys": keys,
+            "factor_fingerprint": self.shared_factors.fingerprint(keys),
             "includes_factors": include_factors,
         }
 
@@ -588,10 +911,14 @@ class AdaptedModel(nn.Module):
         directory: str | FsPath,
         include_factors: bool = False,
         *,
+        selected_adapters: Sequence[str] | None = None,
         is_main_process: bool = True,
         **hf_kwargs: Any,
     ) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` to ``directory``.
+
+        With several adapters, as PEFT: ``selected_adapters`` (default: all) are written,
+        ``"default"`` into ``directory`` itself and every other into ``directory/<name>``.
 
         The format is :mod:`tera.adapters.io`'s. ``directory`` is created if missing and the
         two files inside are replaced atomically (leftovers of killed saves are swept).
@@ -613,13 +940,23 @@ class AdaptedModel(nn.Module):
         ...     sorted(os.listdir(d))
         ['adapter_config.json', 'adapter_model.safetensors']
         """
-        if is_main_process:
-            meta = self._adapter_meta(include_factors)
-            io.write_adapter(directory, meta, self._adapter_state(include_factors))
+        if not is_main_process:
+            return
+        names = self.adapter_names if selected_adapters is None else list(selected_adapters)
+        for name in names:
+            self._require(name)
+        for name in names:
+            target = FsPath(directory) if name == "default" else FsPath(directory) / name
+            meta = self._adapter_meta(include_factors, name)
+            io.write_adapter(target, meta, self._adapter_state(include_factors, name))
 
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, directory: str | FsPath, is_trainable: bool = False
+        cls,
+        model: nn.Module,
+        directory: str | FsPath,
+        is_trainable: bool = False,
+        adapter_name: str = "default",
     ) -> AdaptedModel:
         """Attach a saved adapter to ``model`` (the inverse of :meth:`save_pretrained`).
 
@@ -633,6 +970,8 @@ class AdaptedModel(nn.Module):
         is_trainable : bool
             Keep the adapter's parameters trainable (to continue training); by default they
             are frozen for inference, as in PEFT.
+        adapter_name : str
+            The name it gets (more join with :meth:`load_adapter`).
 
         Returns
         -------
@@ -663,27 +1002,12 @@ class AdaptedModel(nn.Module):
         True
         """
         directory = FsPath(directory)
-        meta = io.read_meta(directory)
+        meta, tensors = _read_adapter(directory)
         config = config_from_dict(meta["config"])
-        targets: dict[str, dict[str, int]] = meta["targets"]
-        for name, shape in targets.items():
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise LoadError(
-                    f"the adapter in {directory} adapts '{name}', which this model does not "
-                    "have; load it into the architecture it was trained on"
-                ) from None
-            in_f, out_f = linear_shape(module, name)
-            if (in_f, out_f) != (shape["in_features"], shape["out_features"]):
-                raise LoadError(
-                    f"layer '{name}' is {in_f} -> {out_f} in this model but "
-                    f"{shape['in_features']} -> {shape['out_features']} in the saved adapter"
-                )
-        tensors = io.read_tensors(directory)
-        adapted = adapt(model, config, targets=list(targets))
+        targets = _check_targets(model, meta, directory)
+        adapted = adapt(model, config, targets=list(targets), adapter_name=adapter_name)
         try:
-            adapted._restore(meta, tensors, directory)
+            adapted._restore(meta, tensors, directory, adapter_name)
         except Exception:
             adapted.unload()
             raise
@@ -730,32 +1054,49 @@ class AdaptedModel(nn.Module):
                 f"{self.adapter_config!r}; load it with from_pretrained() into a fresh base "
                 "model"
             )
-        saved, here = list(meta["targets"]), list(self.adapter_layers)
+        active = self._active
+        saved = list(meta["targets"])
+        here = [n for n, lay in self.adapter_layers.items() if active in lay.adapters]
         if sorted(saved) != sorted(here):
             raise LoadError(
                 f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
                 f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
             )
-        self._restore(meta, io.read_tensors(directory), directory)
+        self._restore(meta, io.read_tensors(directory), directory, active)
 
     def _restore(
-        self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], directory: FsPath
+        self,
+        meta: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        directory: FsPath,
+        adapter_name: str,
     ) -> None:
         shared = self.shared_factors
+        keys = self._factor_keys(adapter_name)
         if meta.get("includes_factors"):
+            others = {k for n in self._configs if n != adapter_name for k in self._factor_keys(n)}
             for i, key in enumerate(meta["factor_keys"]):
                 name = f"{io.FACTOR_PREFIX}{i}"
-                if name not in tensors or key not in shared.keys():  # noqa: SIM118
+                if name not in tensors or key not in keys:
                     raise LoadError(
                         f"{directory / io.WEIGHTS_NAME} lacks the factor '{key}' it should include"
                     )
-                shared.set(key, tensors.pop(name))
-        if sorted(shared.keys()) != sorted(meta["factor_keys"]):
+                value = tensors.pop(name)
+                if key in others:
+                    if fingerprint([(key, value)]) != shared._fingerprints[key]:
+                        raise LoadError(
+                            f"the adapter in {directory} comes with frozen factors '{key}' that "
+                            "differ from those the model's other adapters use under that key; "
+                            "loading it would change them: load it into a model of its own"
+                        )
+                    continue
+                shared.set(key, value)
+        if sorted(keys) != sorted(meta["factor_keys"]):
             raise FingerprintError(
-                f"this tera builds factors {shared.keys()} for the adapter but it was saved with "
+                f"this tera builds factors {keys} for the adapter but it was saved with "
                 f"{meta['factor_keys']}; the factor scheme changed between versions"
             )
-        found = shared.fingerprint()
+        found = shared.fingerprint(keys)
         if found != meta["factor_fingerprint"]:
             where = (
                 "the factors stored in the file"
@@ -768,7 +1109,7 @@ class AdaptedModel(nn.Module):
                 "a different model. Re-save the adapter with include_factors=True where it "
                 "was trained."
             )
-        expected = {name: p for name, p in self.adapter_parameters()}
+        expected = {name: p for name, p in self.adapter_parameters(adapter_name)}
         for mname in meta.get("modules_to_save", []):
             for pname, p in self.base_model.get_submodule(mname).named_parameters():
                 expected[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p
@@ -789,6 +1130,36 @@ class AdaptedModel(nn.Module):
                     )
                 p.copy_(value.to(p.device, p.dtype))
         self.modules_to_save = list(meta.get("modules_to_save", []))
+
+
+def _read_adapter(directory: FsPath) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The meta and tensors of an adapter folder (tera's format)."""
+    return io.read_meta(directory), io.read_tensors(directory)
+
+
+def _check_targets(
+    model: nn.Module, meta: dict[str, Any], directory: FsPath
+) -> dict[str, dict[str, int]]:
+    """The saved adapter's layers, each checked against ``model`` (name and shape)."""
+    targets: dict[str, dict[str, int]] = meta["targets"]
+    for name, shape in targets.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise LoadError(
+                f"the adapter in {directory} adapts '{name}', which this model does not "
+                "have; load it into the architecture it was trained on"
+            ) from None
+        if isinstance(module, AdapterLinear):
+            in_f, out_f = module.in_features, module.out_features
+        else:
+            in_f, out_f = linear_shape(module, name)
+        if (in_f, out_f) != (shape["in_features"], shape["out_features"]):
+            raise LoadError(
+                f"layer '{name}' is {in_f} -> {out_f} in this model but "
+                f"{shape['in_features']} -> {shape['out_features']} in the saved adapter"
+            )
+    return targets
 
 
 def save_adapter(

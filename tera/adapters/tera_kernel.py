@@ -139,6 +139,44 @@ def _transposed_krons(
     return merged
 
 
+def _row_outer(vectors: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Per row: the flat (row-major) outer product of its adapter's vectors, ``(rows, prod R)``.
+
+    ``vectors[n]`` is a bank ``(adapters, R_n)``; the outer products are formed per adapter
+    of the bank (a few hundred numbers each) and then gathered by row.
+    """
+    outer = vectors[0]
+    for v in vectors[1:]:
+        outer = (outer[:, :, None] * v[:, None, :]).reshape(outer.shape[0], -1)
+    return outer.index_select(0, rows)
+
+
+def _group_krons(
+    mats: Sequence[torch.Tensor], groups: list[list[int]], tag: str, transpose: bool
+) -> list[torch.Tensor]:
+    """Per group of modes: the Kronecker product of the (transposed) factors, cached."""
+    merged = []
+    for g in groups:
+        chosen = [mats[n] for n in g]
+        if len(g) == 1:
+            merged.append(chosen[0].T if transpose else chosen[0])
+        elif transpose:
+            merged.append(_derived(chosen, (tag,), functools.partial(_kron_t, chosen)))
+        else:
+            merged.append(_derived(chosen, (tag,), functools.partial(kron_matrices, chosen)))
+    return merged
+
+
+def _transposed_in_krons(
+    factors: Sequence[torch.Tensor], groups: list[list[int]]
+) -> list[torch.Tensor]:
+    return _group_krons(factors, groups, "kron-T", transpose=True)
+
+
+def _out_krons(factors: Sequence[torch.Tensor], groups: list[list[int]]) -> list[torch.Tensor]:
+    return _group_krons(factors, groups, "kron", transpose=False)
+
+
 class _ScaledTucker(torch.autograd.Function):
     """Lean autograd for ``M = unfold(G x_n diag(d_n) A_n)``: gradients for the ``d`` only.
 
@@ -351,6 +389,69 @@ class TuckerEvaluator:
         h = h.reshape(rows, -1) @ core.reshape(self._core_rows, -1)
         h = apply_mode_groups(h, self.ranks[k:], scaled[k:], self._out_groups, lead=rows)
         return h.reshape(*lead, self._n_out)
+
+    def push_rows(
+        self,
+        operands: Sequence[torch.Tensor],
+        stacked: Sequence[bool],
+        x: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """``x[b] @ dW_{rows[b]}.T`` for every leading row ``b``: many adapters, one pass.
+
+        Every adapter of a bank shares ``G`` and the ``A_n``; only the ``d_n`` differ, and
+        they are stacked (``stacked`` flags them: a leading adapter axis). Since
+        ``diag(d_n)`` sits between the shared factors, a per-row ``d`` is an elementwise
+        scale of the activations: the unscaled input factors, then the outer product of
+        the row's input ``d``'s, the core as one GEMM, the outer product of its output
+        ``d``'s, the unscaled output factors. The GEMMs are the single-adapter push's,
+        whatever the number of adapters (the Kronecker products of the frozen factor
+        groups are cached). ``x`` is ``(rows, tokens, in)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tera.adapters.engine import Network
+        >>> from tera.adapters.tera_kernel import TuckerEvaluator
+        >>> G, A1, A2 = torch.randn(3, 2), torch.randn(3, 3), torch.randn(2, 2)
+        >>> d1, d2 = torch.randn(4, 3), torch.randn(4, 2)   # a bank of 4 adapters
+        >>> net = Network(("ab", "a", "ai", "b", "bo"), (G, d1[0], A1, d2[0], A2), "i", "o",
+        ...               (3,), (2,))
+        >>> ev, x = TuckerEvaluator(net), torch.randn(2, 5, 3)
+        >>> y = ev.push_rows((G, d1, A1, d2, A2), (False, True, False, True, False), x,
+        ...                  torch.tensor([3, 1]))
+        >>> bool(torch.allclose(y[0], ev.push((G, d1[3], A1, d2[3], A2), x[0]), atol=1e-5))
+        True
+        """
+        core, k = operands[0], self.k
+        if any(stacked[0::2]) or not all(stacked[1::2]):
+            raise ShapeError(
+                "a TeRA bank stacks the d vectors only; adapters with other frozen factors "
+                "(another seed or scheme) go into banks of their own"
+            )
+        vectors, factors = list(operands[1::2]), list(operands[2::2])
+        n_rows, tokens = int(x.shape[0]), int(x.shape[1])
+        flat = n_rows * tokens
+        h = apply_mode_groups(
+            x.reshape(flat, self._n_in),
+            self.modes[:k],
+            [a.T for a in factors[:k]],
+            self._in_groups,
+            lead=flat,
+            merged=_transposed_in_krons(factors[:k], self._in_groups),
+        )
+        h = h.reshape(n_rows, tokens, -1) * _row_outer(vectors[:k], rows)[:, None, :]
+        h = h.reshape(flat, -1) @ core.reshape(self._core_rows, -1)
+        h = h.reshape(n_rows, tokens, -1) * _row_outer(vectors[k:], rows)[:, None, :]
+        h = apply_mode_groups(
+            h.reshape(flat, -1),
+            self.ranks[k:],
+            factors[k:],
+            self._out_groups,
+            lead=flat,
+            merged=_out_krons(factors[k:], self._out_groups),
+        )
+        return h.reshape(n_rows, tokens, self._n_out)
 
     def build_flops(self, backward: bool) -> int:
         """From :func:`tera.tn.kernels.scaled_tucker_flops`."""

@@ -151,7 +151,10 @@ def test_only_adapter_parameters_change_when_training(kind, model_name):
     adapted.train()
     before = {n: t.detach().clone() for n, t in adapted.state_dict().items()}
     factors = {k: t.clone() for k, t in adapted.shared_factors.items()}
-    adapter_names = {f"base_model.{n}" for n, _ in adapted.adapter_parameters()}
+    adapter_names = {
+        f"base_model.{n}".replace(".adapter.", ".adapters.default.")
+        for n, _ in adapted.adapter_parameters()
+    }
     opt = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
     batch = inputs(model_name)
     for _ in range(3):
