@@ -18,7 +18,7 @@ import tera.adapters.hira
 import tera.adapters.lora
 import tera.adapters.tera
 import tera.adapters.vera  # noqa: F401 - the four adapters register themselves on import
-from tera.adapters import io, quantized, registry
+from tera.adapters import io, peft_format, quantized, registry
 from tera.adapters.base import Adapter
 from tera.adapters.config import AdapterConfig, config_from_dict
 from tera.adapters.factors import SharedFactors
@@ -33,6 +33,7 @@ from tera.errors import (
     AdapterStateError,
     BackendError,
     FingerprintError,
+    FormatError,
     LoadError,
     ShapeError,
     TargetError,
@@ -588,6 +589,7 @@ class AdaptedModel(nn.Module):
         directory: str | FsPath,
         include_factors: bool = False,
         *,
+        format: str = "tera",
         is_main_process: bool = True,
         **hf_kwargs: Any,
     ) -> None:
@@ -601,6 +603,11 @@ class AdaptedModel(nn.Module):
         process of a distributed run writes; ``state_dict``, ``safe_serialization``, ...:
         ignored, the adapter's own tensors are saved, always as safetensors).
 
+        ``format="peft"`` writes the folder Hugging Face PEFT writes for the same LoRA,
+        VeRA or HiRA (frozen factors included), which ``peft.PeftModel.from_pretrained``
+        loads (see :mod:`tera.adapters.peft_format`; a TeRA adapter raises
+        :class:`~tera.errors.FormatError`).
+
         Examples
         --------
         >>> import tempfile, os
@@ -613,7 +620,11 @@ class AdaptedModel(nn.Module):
         ...     sorted(os.listdir(d))
         ['adapter_config.json', 'adapter_model.safetensors']
         """
-        if is_main_process:
+        if format not in ("tera", "peft"):  # PEFT interop (peft_format): the format switch
+            raise FormatError(f"format must be 'tera' or 'peft', got {format!r}")
+        if is_main_process and format == "peft":
+            peft_format.write_peft(directory, self._adapter_meta(True), self._adapter_state(True))
+        elif is_main_process:
             meta = self._adapter_meta(include_factors)
             io.write_adapter(directory, meta, self._adapter_state(include_factors))
 
@@ -629,7 +640,8 @@ class AdaptedModel(nn.Module):
             A base model with the same layer names and shapes as the one the adapter was
             trained on.
         directory : str or Path
-            Directory written by ``save_pretrained``.
+            Directory written by ``save_pretrained``, or by PEFT's ``save_pretrained`` for a
+            LoRA, VeRA or HiRA (read by :func:`tera.adapters.peft_format.read_peft`).
         is_trainable : bool
             Keep the adapter's parameters trainable (to continue training); by default they
             are frozen for inference, as in PEFT.
@@ -663,7 +675,9 @@ class AdaptedModel(nn.Module):
         True
         """
         directory = FsPath(directory)
-        meta = io.read_meta(directory)
+        is_peft = peft_format.is_peft_folder(directory)  # PEFT interop: tera's meta and tensors
+        peft = peft_format.read_peft(directory, model) if is_peft else None
+        meta = io.read_meta(directory) if peft is None else peft[0]
         config = config_from_dict(meta["config"])
         targets: dict[str, dict[str, int]] = meta["targets"]
         for name, shape in targets.items():
@@ -680,7 +694,7 @@ class AdaptedModel(nn.Module):
                     f"layer '{name}' is {in_f} -> {out_f} in this model but "
                     f"{shape['in_features']} -> {shape['out_features']} in the saved adapter"
                 )
-        tensors = io.read_tensors(directory)
+        tensors = io.read_tensors(directory) if peft is None else peft[1]
         adapted = adapt(model, config, targets=list(targets))
         try:
             adapted._restore(meta, tensors, directory)
