@@ -23,6 +23,7 @@ __all__ = [
     "DTypeError",
     "DependencyError",
     "FingerprintError",
+    "FormatError",
     "LoadError",
     "MergeError",
     "RankError",
@@ -81,6 +82,14 @@ class LoadError(TeraError, ValueError):
 
 class FingerprintError(LoadError):
     """The frozen shared factors differ from the ones the adapter was trained with."""
+
+
+class FormatError(TeraError, ValueError):
+    """An adapter cannot be saved in the requested file format (names the format and why).
+
+    E.g. ``save_pretrained(directory, format="peft")`` on a TeRA adapter, which PEFT does
+    not implement, or an unknown ``format``.
+    """
 
 
 class DTypeError(TeraError, TypeError):

@@ -239,6 +239,14 @@ class SharedFactors(nn.Module):
             h.update(f"{key}={self._fingerprints[key]};".encode())
         return h.hexdigest()
 
+    def replaced(self, keys: Iterable[str] | None = None) -> bool:
+        """Whether any of the given factors (all by default) was :meth:`set` to other values.
+
+        Such factors (e.g. a PEFT VeRA's projections) cannot be regenerated from the seed.
+        """
+        chosen = self._names if keys is None else keys
+        return any(self._fingerprints[k] != self._built.get(k) for k in chosen)
+
     def items(self) -> list[tuple[str, torch.Tensor]]:
         """``(key, tensor)`` pairs."""
         return [(k, self.get(k)) for k in self._names]

@@ -153,17 +153,32 @@ def write_adapter(
     ...     sorted(os.listdir(d)), read_tensors(d)["x"].tolist()
     (['adapter_config.json', 'adapter_model.safetensors'], [1.0, 1.0])
     """
+    full = {"format_version": FORMAT_VERSION, **meta}
+    write_config_and_weights(directory, full, tensors, {"format": "pt", "library": "tera"})
+
+
+def write_config_and_weights(
+    directory: str | Path,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+) -> None:
+    """Write ``config`` as ``adapter_config.json`` and ``tensors`` as the weights, atomically.
+
+    The two files of :func:`write_adapter` as they are given (no ``format_version`` added),
+    ``metadata`` going into the safetensors header; :mod:`tera.adapters.peft_format` writes
+    PEFT's folders with it. ``directory`` is created if missing and swept of leftovers first.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(directory)
-    full = {"format_version": FORMAT_VERSION, **meta}
+    full = dict(config)
     state = dict(tensors)
+    header = dict(metadata)
     _write_files(
         directory,
         {
-            WEIGHTS_NAME: lambda tmp: save_file(
-                state, tmp, metadata={"format": "pt", "library": "tera"}
-            ),
+            WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata=header),
             CONFIG_NAME: lambda tmp: Path(tmp).write_text(
                 json.dumps(full, indent=2, sort_keys=True) + "\n"
             ),

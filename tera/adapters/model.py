@@ -18,7 +18,7 @@ import tera.adapters.hira
 import tera.adapters.lora
 import tera.adapters.tera
 import tera.adapters.vera  # noqa: F401 - the four adapters register themselves on import
-from tera.adapters import io, quantized, registry
+from tera.adapters import io, peft_format, quantized, registry
 from tera.adapters.base import Adapter
 from tera.adapters.config import AdapterConfig, config_from_dict
 from tera.adapters.factors import SharedFactors, fingerprint
@@ -35,6 +35,7 @@ from tera.errors import (
     AdapterStateError,
     BackendError,
     FingerprintError,
+    FormatError,
     LoadError,
     ShapeError,
     TargetError,
@@ -630,7 +631,7 @@ class AdaptedModel(nn.Module):
         ['default', 'alice']
         """
         directory = FsPath(directory)
-        meta, tensors = _read_adapter(directory)
+        meta, tensors = _read_adapter(directory, self.base_model)
         config = config_from_dict(meta["config"])
         targets = _check_targets(self.base_model, meta, directory)
         self.add_adapter(adapter_name, config, targets=list(targets))
@@ -912,6 +913,7 @@ class AdaptedModel(nn.Module):
         include_factors: bool = False,
         *,
         selected_adapters: Sequence[str] | None = None,
+        format: str = "tera",
         is_main_process: bool = True,
         **hf_kwargs: Any,
     ) -> None:
@@ -928,6 +930,11 @@ class AdaptedModel(nn.Module):
         process of a distributed run writes; ``state_dict``, ``safe_serialization``, ...:
         ignored, the adapter's own tensors are saved, always as safetensors).
 
+        ``format="peft"`` writes the folder Hugging Face PEFT writes for the same LoRA,
+        VeRA or HiRA (frozen factors included), which ``peft.PeftModel.from_pretrained``
+        loads (see :mod:`tera.adapters.peft_format`; a TeRA adapter raises
+        :class:`~tera.errors.FormatError`).
+
         Examples
         --------
         >>> import tempfile, os
@@ -940,6 +947,8 @@ class AdaptedModel(nn.Module):
         ...     sorted(os.listdir(d))
         ['adapter_config.json', 'adapter_model.safetensors']
         """
+        if format not in ("tera", "peft"):  # PEFT interop (peft_format): the format switch
+            raise FormatError(f"format must be 'tera' or 'peft', got {format!r}")
         if not is_main_process:
             return
         names = self.adapter_names if selected_adapters is None else list(selected_adapters)
@@ -947,8 +956,15 @@ class AdaptedModel(nn.Module):
             self._require(name)
         for name in names:
             target = FsPath(directory) if name == "default" else FsPath(directory) / name
-            meta = self._adapter_meta(include_factors, name)
-            io.write_adapter(target, meta, self._adapter_state(include_factors, name))
+            if format == "peft":
+                meta, state = self._adapter_meta(True, name), self._adapter_state(True, name)
+                peft_format.write_peft(target, meta, state)
+                continue
+            # factors replaced since they were generated (a PEFT VeRA's projections) cannot
+            # be regenerated from the seed: they are always saved
+            keep = include_factors or self.shared_factors.replaced(self._factor_keys(name))
+            meta = self._adapter_meta(keep, name)
+            io.write_adapter(target, meta, self._adapter_state(keep, name))
 
     @classmethod
     def from_pretrained(
@@ -966,10 +982,11 @@ class AdaptedModel(nn.Module):
             A base model with the same layer names and shapes as the one the adapter was
             trained on.
         directory : str or Path
-            Directory written by ``save_pretrained``.
+            Directory written by ``save_pretrained``, or by PEFT's ``save_pretrained`` for a
+            LoRA, VeRA or HiRA (read by :func:`tera.adapters.peft_format.read_peft`).
         is_trainable : bool
             Keep the adapter's parameters trainable (to continue training); by default they
-            are frozen for inference, as in PEFT.
+            are frozen and the model is put in ``eval()`` mode for inference, as in PEFT.
         adapter_name : str
             The name it gets (more join with :meth:`load_adapter`).
 
@@ -1002,7 +1019,7 @@ class AdaptedModel(nn.Module):
         True
         """
         directory = FsPath(directory)
-        meta, tensors = _read_adapter(directory)
+        meta, tensors = _read_adapter(directory, model)
         config = config_from_dict(meta["config"])
         targets = _check_targets(model, meta, directory)
         adapted = adapt(model, config, targets=list(targets), adapter_name=adapter_name)
@@ -1013,6 +1030,8 @@ class AdaptedModel(nn.Module):
             raise
         for _, p in adapted.adapter_parameters():
             p.requires_grad_(is_trainable)
+        if not is_trainable:  # loaded for inference, as PEFT: dropout off
+            adapted.eval()
         return adapted
 
     def load_adapter_weights(self, directory: str | FsPath) -> None:
@@ -1132,9 +1151,43 @@ class AdaptedModel(nn.Module):
         self.modules_to_save = list(meta.get("modules_to_save", []))
 
 
-def _read_adapter(directory: FsPath) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The meta and tensors of an adapter folder (tera's format)."""
+def _read_adapter(
+    directory: FsPath, model: nn.Module
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The meta and tensors of an adapter folder, tera's format or PEFT's (``peft_format``)."""
+    if peft_format.is_peft_folder(directory):  # PEFT interop: read as tera's meta and tensors
+        return peft_format.read_peft(directory, _plain_view(model))
     return io.read_meta(directory), io.read_tensors(directory)
+
+
+def _plain_view(model: nn.Module) -> nn.Module:
+    """``model`` as PEFT saw it: adapted layers answer as their base layers (no copy)."""
+    if not any(isinstance(m, AdapterLinear) for m in model.modules()):
+        return model
+    return _ModuleView(model)
+
+
+class _ModuleView(nn.Module):
+    """A read-only view of a model's module names where adapted layers are base layers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_model", model)
+
+    def named_modules(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Module]]:  # type: ignore[override]
+        skip: list[str] = []
+        for name, module in self._model.named_modules():
+            if any(name.startswith(s + ".") for s in skip):
+                continue
+            if isinstance(module, AdapterLinear):
+                skip.append(name)
+                yield name, module.base_layer
+            else:
+                yield name, module
+
+    def get_submodule(self, target: str) -> nn.Module:
+        module = self._model.get_submodule(target)
+        return module.base_layer if isinstance(module, AdapterLinear) else module
 
 
 def _check_targets(

@@ -12,7 +12,22 @@ from tera.adapters.engine import ChainEvaluator, Network
 from tera.adapters.registry import register
 from tera.theory import vera_parameter_count
 
-__all__ = ["VeRA"]
+__all__ = ["VeRA", "projection_keys"]
+
+
+def projection_keys(r: int, in_features: int, out_features: int, seed: int) -> tuple[str, str]:
+    """The shared-factor keys of VeRA's frozen ``A`` (r x in) and ``B`` (out x r).
+
+    One pair of factors exists per key, so layers with the same ``in_features`` share ``A``
+    and layers with the same ``out_features`` share ``B``.
+
+    Examples
+    --------
+    >>> from tera.adapters.vera import projection_keys
+    >>> projection_keys(8, 32, 16, seed=0)
+    ('vera|A|8x32|seed=0', 'vera|B|16x8|seed=0')
+    """
+    return f"vera|A|{r}x{in_features}|seed={seed}", f"vera|B|{out_features}x{r}|seed={seed}"
 
 
 @register
@@ -43,8 +58,7 @@ class VeRA(Adapter):
     def _build(self) -> None:
         config, in_features, out_features = self.config, self.in_features, self.out_features
         r, seed = config.r, config.seed
-        self._key_A = f"vera|A|{r}x{in_features}|seed={seed}"
-        self._key_B = f"vera|B|{out_features}x{r}|seed={seed}"
+        self._key_A, self._key_B = projection_keys(r, in_features, out_features, seed)
         self._index_A = self._shared_factor(
             self._key_A, partial(kaiming_uniform, self._key_A, (r, in_features), in_features)
         )
