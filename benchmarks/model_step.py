@@ -36,8 +36,8 @@ from tera.compare.models import load_smollm2, tiny_causal_lm
 METHOD_NAMES = ("lora", "vera", "hira", "hira1", "tera")
 
 
-def smollm2_shape() -> nn.Module:
-    """SmolLM2-135M's architecture (its config.json) with random weights."""
+def smollm2_shape(layers: int = 30) -> nn.Module:
+    """SmolLM2-135M's architecture (its config.json) with random weights (``layers`` deep)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def smollm2_shape() -> nn.Module:
         vocab_size=49152,
         hidden_size=576,
         intermediate_size=1536,
-        num_hidden_layers=30,
+        num_hidden_layers=layers,
         num_attention_heads=9,
         num_key_value_heads=3,
         head_dim=64,

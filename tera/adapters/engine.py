@@ -418,7 +418,6 @@ class ChainEvaluator(EinsumEvaluator):
                 h = h * vec
         return h
 
-
     def push_rows(
         self,
         operands: Sequence[torch.Tensor],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +28,10 @@ from tera.adapters.policy import (
 from tera.errors import AdapterStateError, DTypeError, MergeError, ShapeError, TargetError
 
 __all__ = [
+    "BASE_ADAPTER",
     "FLOAT32_COST",
     "HALF_DTYPES",
     "TF32_COST",
-    "BASE_ADAPTER",
     "AdapterLinear",
     "ExecutionPolicy",
     "RowAdapters",
@@ -96,7 +96,7 @@ class RowAdapters:
             mask[list(positions)] = True
             found = torch.nonzero(mask[index]).reshape(-1).to(device)
             self._cache[key] = found
-        return found  # type: ignore[no-any-return]
+        return cast(torch.Tensor, found)
 
     def expanded(self, rows: int) -> torch.Tensor:
         """:attr:`index` for ``rows`` leading rows (each name repeated ``rows / self.rows``)."""
@@ -219,6 +219,8 @@ class AdapterLinear(nn.Module):
             type(base_layer) is nn.Linear or self._conv1d
         ) and self.quantization is None
         self._evaluators: dict[str, Evaluator] = {}
+        self._shared_evaluators: dict[tuple[object, ...], Evaluator] = {}
+        self._no_dropout = nn.Identity()  # one for every adapter without dropout
         self._engines: dict[str, tuple[LayerEngine, tuple[torch.dtype, torch.device]]] = {}
         self._banks: dict[tuple[object, ...], Any] = {}
         self.add_adapter(adapter_name, adapter, dropout)
@@ -257,9 +259,16 @@ class AdapterLinear(nn.Module):
                 f"adapter {name!r} is {adapter.in_features} -> {adapter.out_features} but the "
                 f"layer is {self.in_features} -> {self.out_features}"
             )
-        evaluator = build_evaluator(adapter.network(self.base_weight()))
+        net = adapter.network(self.base_weight())
+        # an evaluator depends on the network's shapes only: adapters of one kind and
+        # scheme on this layer share one (validated and planned once)
+        key = (type(adapter), net.subscripts, net.shapes(), net.in_shape, net.out_shape)
+        evaluator = self._shared_evaluators.get(key)
+        if evaluator is None:
+            evaluator = build_evaluator(net)
+            self._shared_evaluators[key] = evaluator
         self.adapters[name] = adapter
-        self.dropouts[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropouts[name] = nn.Dropout(dropout) if dropout > 0 else self._no_dropout
         self._evaluators[name] = evaluator
         self._banks.clear()
 
@@ -385,7 +394,7 @@ class AdapterLinear(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> AdapterLinear:
         self._banks = {k: v for k, v in self._banks.items() if k[0] == "plan"}
-        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+        return cast(AdapterLinear, super()._apply(fn, recurse))  # type: ignore[no-untyped-call]
 
     # -- mixed batches: one adapter per row ----------------------------------------------
     def _forward_rows(
@@ -516,7 +525,7 @@ class AdapterLinear(nn.Module):
             local = lookup[index]
             found = local[local >= 0].to(device)  # the rows of sel, in order
             batch._cache[key] = found
-        return found  # type: ignore[no-any-return]
+        return cast(torch.Tensor, found)
 
     def _forward_one(self, name: str, x: torch.Tensor, w0: torch.Tensor | None) -> torch.Tensor:
         """One adapter's ``x @ dW.T`` on its own rows (the engine's cheaper path)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from types import MappingProxyType
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import nn
@@ -75,7 +75,8 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def _inside_adapter(name: str, adapted: set[str]) -> bool:
-    return any(name.startswith(a + ".") for a in adapted)
+    parts = name.split(".")
+    return any(".".join(parts[:i]) in adapted for i in range(1, len(parts)))
 
 
 def find_targets(
@@ -122,6 +123,21 @@ def find_targets(
             f"end in: {', '.join(suffixes) or '(none)'} (e.g. {linears[:3]})"
         )
     return found
+
+
+def _modules_outside_adapters(
+    module: nn.Module, prefix: str = ""
+) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of every submodule, adapted layers included but not entered.
+
+    The walk never descends into an :class:`AdapterLinear`, so its cost does not grow with
+    the number of adapters the layers hold.
+    """
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        yield full, child
+        if not isinstance(child, AdapterLinear):
+            yield from _modules_outside_adapters(child, full)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -472,9 +488,7 @@ class AdaptedModel(nn.Module):
         """
         self._require(adapter_name)
         if any(layer.merged for layer in self.adapter_layers.values()):
-            raise AdapterStateError(
-                "the model is merged; unmerge() before switching adapters"
-            )
+            raise AdapterStateError("the model is merged; unmerge() before switching adapters")
         self._active = adapter_name
         for layer in self.adapter_layers.values():
             layer.active_adapter = adapter_name
@@ -482,8 +496,7 @@ class AdaptedModel(nn.Module):
     def _require(self, adapter_name: str) -> None:
         if adapter_name not in self._configs:
             raise AdapterStateError(
-                f"this model holds no adapter named {adapter_name!r}; it holds "
-                f"{self.adapter_names}"
+                f"this model holds no adapter named {adapter_name!r}; it holds {self.adapter_names}"
             )
 
     def _targets_to_add(
@@ -498,11 +511,8 @@ class AdaptedModel(nn.Module):
                 except AttributeError:
                     raise TargetError(f"the model has no module named '{name}'") from None
             return found
-        adapted = set(self._layer_names)
         found = []
-        for name, module in self.base_model.named_modules():
-            if not name or _inside_adapter(name, adapted):
-                continue
+        for name, module in _modules_outside_adapters(self.base_model):
             if _matches(name, config.target_modules):
                 if not isinstance(module, AdapterLinear) and not _is_linear(module):
                     linear_shape(module, name)  # raises TargetError naming the module
@@ -549,10 +559,7 @@ class AdaptedModel(nn.Module):
         built: list[str] = []
         try:
             for name, module in found:
-                if isinstance(module, AdapterLinear):
-                    layer = module
-                else:
-                    layer = None
+                layer = module if isinstance(module, AdapterLinear) else None
                 in_f, out_f = linear_shape(layer.base_layer if layer else module, name)
                 device = module_weight(layer.base_layer if layer else module).device
                 adapter = cls(config, in_f, out_f, shared, name, device=device)
@@ -602,9 +609,7 @@ class AdaptedModel(nn.Module):
 
     def adapter_bytes(self, adapter_name: str | None = None) -> int:
         """Bytes of one adapter's own (trainable) tensors: what each extra adapter costs."""
-        return sum(
-            p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name)
-        )
+        return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name))
 
     def load_adapter(
         self, directory: str | FsPath, adapter_name: str, is_trainable: bool = False
@@ -867,7 +872,8 @@ class AdaptedModel(nn.Module):
         used: set[str] = set()
         for layer in self.adapter_layers.values():
             if adapter_name in layer.adapters:
-                used.update(layer.adapters[adapter_name]._factor_keys)
+                adapter: Adapter = layer.adapters[adapter_name]  # type: ignore[assignment]
+                used.update(adapter._factor_keys)
         return [k for k in self.shared_factors.keys() if k in used]  # noqa: SIM118
 
     def _adapter_state(
@@ -884,7 +890,9 @@ class AdaptedModel(nn.Module):
                 tensors[f"{io.FACTOR_PREFIX}{i}"] = shared.get(key).detach()
         return {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
-    def _adapter_meta(self, include_factors: bool, adapter_name: str | None = None) -> dict[str, Any]:
+    def _adapter_meta(
+        self, include_factors: bool, adapter_name: str | None = None
+    ) -> dict[str, Any]:
         from tera import __version__
 
         name = self._active if adapter_name is None else adapter_name
@@ -1164,17 +1172,16 @@ def _plain_view(model: nn.Module) -> nn.Module:
     """``model`` as PEFT saw it: adapted layers answer as their base layers (no copy)."""
     if not any(isinstance(m, AdapterLinear) for m in model.modules()):
         return model
-    return _ModuleView(model)
+    return cast(nn.Module, _ModuleView(model))
 
 
-class _ModuleView(nn.Module):
+class _ModuleView:
     """A read-only view of a model's module names where adapted layers are base layers."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        object.__setattr__(self, "_model", model)
+        self._model = model
 
-    def named_modules(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Module]]:  # type: ignore[override]
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
         skip: list[str] = []
         for name, module in self._model.named_modules():
             if any(name.startswith(s + ".") for s in skip):

@@ -152,17 +152,13 @@ def test_frozen_factors_have_one_storage_and_each_adapter_costs_its_vectors():
     model, names = _many("tera", 5)
     for layer in model.adapter_layers.values():
         w0 = layer.base_weight()
-        own = [
-            {id(p) for p in layer.adapters[n].parameters()} for n in names
-        ]
+        own = [{id(p) for p in layer.adapters[n].parameters()} for n in names]
         frozen = [
             [op.data_ptr() for op in layer.adapters[n].operands(w0) if id(op) not in own[i]]
             for i, n in enumerate(names)
         ]
         assert all(f == frozen[0] for f in frozen)
-    d_bytes = sum(
-        4 * sum(layer.adapters["a3"].ranks) for layer in model.adapter_layers.values()
-    )
+    d_bytes = sum(4 * sum(layer.adapters["a3"].ranks) for layer in model.adapter_layers.values())
     assert model.adapter_bytes("a3") == d_bytes
     assert len(model.shared_factors.keys()) == len(set(model.shared_factors.keys()))
     one = adapt(llama(), make_config("tera", "llama"))
@@ -285,3 +281,62 @@ def test_an_adapter_that_does_not_fit_is_refused_and_the_others_stay(tmp_path):
     with torch.no_grad():
         after = model(**_padded_batch(2), adapter_names=names).logits
     torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+def write_random_adapters(template: AdaptedModel, root, n: int, seed: int = 0) -> list:
+    """``n`` adapter folders of ``template``'s kind and layers, each with random tensors."""
+    from tera.adapters import io
+
+    meta = template._adapter_meta(include_factors=False)
+    shapes = {k: tuple(v.shape) for k, v in template._adapter_state(False).items()}
+    g = torch.Generator().manual_seed(seed)
+    folders = []
+    for i in range(n):
+        tensors = {k: 1.0 + 0.3 * torch.randn(s, generator=g) for k, s in shapes.items()}
+        folder = root / f"user{i:04d}"
+        io.write_adapter(folder, meta, tensors)
+        folders.append(folder)
+    return folders
+
+
+def test_a_thousand_adapters_cost_their_vectors_only(tmp_path):
+    config = make_config("tera", "llama")
+    template = adapt(llama(), config)
+    folders = write_random_adapters(template, tmp_path, 1000)
+    model = adapt(llama(), config)
+    factor_bytes = sum(t.numel() * t.element_size() for _, t in model.shared_factors.items())
+    for i, folder in enumerate(folders):
+        model.load_adapter(folder, adapter_name=f"u{i}")
+    assert len(model.adapter_names) == 1001
+    # the frozen factors did not grow: one storage for all 1,001 adapters
+    assert sum(t.numel() * t.element_size() for _, t in model.shared_factors.items()) == (
+        factor_bytes
+    )
+    per_adapter = template.adapter_bytes()
+    own = sum(
+        p.numel() * p.element_size()
+        for layer in model.adapter_layers.values()
+        for p in layer.adapters.parameters()
+    )
+    assert own == 1001 * per_adapter
+    # an adapter whose tensors do not fit its scheme, or whose layers the model lacks, is
+    # refused at load; the others stay usable
+    from tera.adapters import io
+
+    meta = template._adapter_meta(include_factors=False)
+    bad = {k: torch.ones(3) for k in template._adapter_state(False)}
+    io.write_adapter(tmp_path / "bad-shapes", meta, bad)
+    with pytest.raises(LoadError, match="has shape"):
+        model.load_adapter(tmp_path / "bad-shapes", adapter_name="bad")
+    elsewhere = adapt(mlp(), make_config("tera", "mlp"))
+    elsewhere.save_pretrained(tmp_path / "mlp")
+    with pytest.raises(LoadError, match="does not have"):
+        model.load_adapter(tmp_path / "mlp", adapter_name="bad")
+    assert "bad" not in model.adapter_names and len(model.adapter_names) == 1001
+    rows = ["u999", "u0", "__base__", "u512"]
+    batch = _padded_batch(4, seed=2)
+    with torch.no_grad():
+        mixed = model(**batch, adapter_names=rows).logits
+    expected = _reference(_Alias(model, "default"), batch, rows)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(mixed[mask], expected[mask], atol=ATOL, rtol=RTOL)

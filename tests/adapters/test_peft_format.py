@@ -236,3 +236,27 @@ def test_a_peft_folder_for_another_model_is_refused(tmp_path):
     other.model.layers = other.model.layers[:1]
     with pytest.raises(LoadError, match="which this model does not have"):
         AdaptedModel.from_pretrained(other, tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_peft_folders_join_a_model_of_many_adapters(tmp_path, kind):
+    """load_adapter takes a PEFT folder too; its rows of a mixed batch give PEFT's logits."""
+    peft_model = peft_saved(tmp_path / "peft", kind)
+    ours = adapt(llama(), TeRAConfig(in_mode=32, out_mode=2, target_modules=TARGETS))
+    randomize_adapter(ours, seed=5)
+    ours.load_adapter(tmp_path / "peft", adapter_name="from-peft")
+    batch = inputs("llama")
+    with torch.no_grad():
+        mixed = ours(**batch, adapter_names=["from-peft", "default"]).logits
+        tera_only = ours(**{k: v[1:] for k, v in batch.items()}).logits
+    torch.testing.assert_close(
+        mixed[:1],
+        peft_logits(peft_model, {k: v[:1] for k, v in batch.items()}),
+        atol=ATOL,
+        rtol=RTOL,
+    )
+    torch.testing.assert_close(mixed[1:], tera_only, atol=ATOL, rtol=RTOL)
+    # and it saves back as a PEFT folder PEFT reads
+    ours.save_pretrained(tmp_path / "again", selected_adapters=["from-peft"], format="peft")
+    again = PeftModel.from_pretrained(llama(), tmp_path / "again" / "from-peft").eval()
+    torch.testing.assert_close(peft_logits(again, batch), peft_logits(peft_model, batch))
