@@ -97,14 +97,16 @@ def test_a_mixed_batch_gives_each_row_its_own_adapter(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_generate_with_kv_cache_gives_each_row_its_own_adapter(kind):
-    model, names = _many(kind, 16)
-    rows = _row_names(names, 16)
-    batch = _padded_batch(16, seed=3)
-    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    model, names = _many(kind)
+    rows = _row_names(names, N_ADAPTERS)
+    batch = _padded_batch(N_ADAPTERS, seed=3)
+    settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
     settings |= {"output_scores": True, "return_dict_in_generate": True}
     with torch.no_grad():
         mixed = model.generate(**batch, adapter_names=rows, **settings)
-        for b, name in enumerate(rows):
+        # 64 adapters in the batch; every fifth row (base rows among them) checked alone
+        for b in range(0, N_ADAPTERS, 5):
+            name = rows[b]
             one = {k: v[b : b + 1] for k, v in batch.items()}
             if name == "__base__":
                 with model.disable_adapter():
@@ -112,11 +114,17 @@ def test_generate_with_kv_cache_gives_each_row_its_own_adapter(kind):
             else:
                 model.set_adapter(name)
                 ref = model.generate(**one, **settings)
-            assert torch.equal(mixed.sequences[b], ref.sequences[0]), f"row {b} ({name})"
+            prompt = batch["input_ids"].shape[1]
             for step, (got, want) in enumerate(zip(mixed.scores, ref.scores, strict=True)):
                 torch.testing.assert_close(
                     got[b], want[0], atol=ATOL, rtol=RTOL, msg=f"row {b} step {step}"
                 )
+                if mixed.sequences[b, prompt + step] != ref.sequences[0, prompt + step]:
+                    # greedy decoding is discontinuous at a tie: scores within the tolerance
+                    # may pick different tokens, and the continuations differ from there on
+                    top2 = want[0].topk(2).values
+                    assert float(top2[0] - top2[1]) < 10 * ATOL, f"row {b} step {step}"
+                    break
 
 
 def test_generate_repeats_names_for_beams():
