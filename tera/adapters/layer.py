@@ -490,7 +490,7 @@ class AdapterLinear(nn.Module):
     ) -> tuple[list[torch.Tensor], list[bool], Evaluator, nn.Module]:
         """The bank's operands: its adapters' own tensors stacked (cached while unchanged)."""
         first: Adapter = self.adapters[names[0]]  # type: ignore[assignment]
-        weight = w0 if w0 is not None else quantized.forward_weight(self, x)
+        weight = w0 if w0 is not None else self._stand_in(x)
         engine = self.engine(weight, names[0])
         adapters: list[Adapter] = [self.adapters[n] for n in names]  # type: ignore[misc]
         params = [p for a in adapters for p in a.parameters()]
@@ -511,6 +511,13 @@ class AdapterLinear(nn.Module):
         if not grad:
             self._banks[key] = (versions, ops, stacked)
         return ops, stacked, engine.evaluator, self.dropouts[names[0]]
+
+    def _stand_in(self, x: torch.Tensor) -> torch.Tensor:
+        """For a quantized base: an ``out x in`` zero-stride stand-in of ``W0`` (no memory)."""
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return torch.zeros((), dtype=dtype, device=x.device).expand(
+            self.out_features, self.in_features
+        )
 
     @staticmethod
     def _local_index(
@@ -534,7 +541,7 @@ class AdapterLinear(nn.Module):
             w0 = (
                 quantized.dequantize_weight(self.base_layer).to(x.dtype)
                 if adapter.uses_base_weight
-                else quantized.forward_weight(self, x)
+                else self._stand_in(x)
             )
         engine = self.engine(w0, name)
         raw = adapter.operands(w0)

@@ -539,3 +539,26 @@ def test_quantize_model_refuses_4bit_layers_bitsandbytes_cannot_block():
     ):
         quantize_model(narrow, "4bit")
     assert type(quantize_model(narrow, "8bit")[0]).__name__ == "Linear8bitLt"
+
+
+@pytest.mark.parametrize("backend", ["nf4", "int8"])
+def test_mixed_batch_on_a_quantized_base(backend):
+    """Rows of a mixed batch over a quantized base equal their adapter alone (all kinds)."""
+    model = adapt(quantized_llama(backend), config("tera"), adapter_name="tera")
+    for kind in ("vera", "hira", "lora"):
+        model.add_adapter(kind, config(kind))
+    for kind in ("tera", "vera", "hira", "lora"):
+        model.set_adapter(kind)
+        perturb(model)
+    rows = ["hira", "tera", "__base__", "lora", "vera"]
+    tokens = torch.randint(0, 100, (len(rows), 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mixed = model(input_ids=tokens, adapter_names=rows).logits
+    for b, name in enumerate(rows):
+        if name == "__base__":
+            with model.disable_adapter():
+                want = logits(model, tokens[b : b + 1])
+        else:
+            model.set_adapter(name)
+            want = logits(model, tokens[b : b + 1])
+        torch.testing.assert_close(mixed[b : b + 1], want, atol=ATOL, rtol=RTOL, msg=name)
