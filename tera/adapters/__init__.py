@@ -20,7 +20,13 @@ from tera.adapters.config import (
     VeRAConfig,
     config_from_dict,
 )
-from tera.adapters.layer import AdapterLinear, ExecutionPolicy, execution_policy
+from tera.adapters.layer import (
+    BASE_ADAPTER,
+    AdapterLinear,
+    ExecutionPolicy,
+    RowAdapters,
+    execution_policy,
+)
 from tera.adapters.model import (
     AdaptedModel,
     ParameterReport,
@@ -41,6 +47,7 @@ from tera.adapters.quantized import (
 )
 
 __all__ = [
+    "BASE_ADAPTER",
     "DEFAULT_TARGET_MODULES",
     "AdaptedModel",
     "AdapterConfig",
@@ -50,6 +57,7 @@ __all__ = [
     "LoRAConfig",
     "ParameterReport",
     "QuantizedMergeWarning",
+    "RowAdapters",
     "TeRAConfig",
     "VeRAConfig",
     "adapt",
