@@ -134,6 +134,114 @@ def ablation_tables(results: dict[str, Any], groups: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _task_pairs(results: dict[str, Any], task: str, name: str, against: str) -> dict[str, Any]:
+    """The paired test of ``against`` minus ``name`` on one task's seeds."""
+    one = {
+        "methods": {
+            k: {"tasks": {task: results["methods"][k]["tasks"][task]}} for k in (name, against)
+        }
+    }
+    return paired_test(paired_accuracies(one, against, against=name))
+
+
+def peer_table(results: dict[str, Any], peer: str = "vera") -> str:
+    """Markdown: TeRA against ``peer`` on each task (Δ = TeRA minus peer, paired over seeds)."""
+    if peer not in results["methods"] or "tera" not in results["methods"]:
+        return ""
+    lines = [
+        f"### TeRA against {results['methods'][peer]['label']}, task by task",
+        "",
+        "| Task | TeRA | "
+        + results["methods"][peer]["label"]
+        + " | Δ (TeRA - peer) [95% CI] | p |",
+        "|---|---|---|---|---|",
+    ]
+    for task in results["tasks"]:
+        if not all(task in results["methods"][k]["tasks"] for k in ("tera", peer)):
+            continue
+        test = _task_pairs(results, task, "tera", peer)
+        diff = "-" if test["low"] is None else difference_text(test)
+        p = "-" if test["p"] is None else f"{float(test['p']):.2g}"
+        row = [task, _cell(results, "tera", task), _cell(results, peer, task), diff, p]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join([*lines, ""])
+
+
+def budget_report(folders: list[Path], methods: tuple[str, ...] = ("tera", "vera")) -> str:
+    """Markdown: ``methods`` at each budget (one finished comparison folder per budget)."""
+    runs = sorted(
+        (json.loads((f / "results.json").read_text()) for f in folders),
+        key=lambda r: r["settings"]["steps"],
+    )
+    tasks = list(dict.fromkeys(t for r in runs for t in r["tasks"]))
+    labels = [runs[0]["methods"][m]["label"] for m in methods]
+    header = ["Steps", "Task", *labels, f"Δ ({labels[0]} - {labels[1]}) [95% CI]", "p"]
+    lines = [
+        "<!-- written by benchmarks/ablations.py --budget from the folders' results.json -->",
+        "",
+        "Each budget is a full comparison of its own (the learning rate chosen on validation "
+        "at that budget). Cells: test accuracy (%), mean ± 95% interval over seeds; Δ paired "
+        "over seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in runs:
+        for task in tasks:
+            if not all(task in r["methods"].get(m, {}).get("tasks", {}) for m in methods):
+                continue
+            test = _task_pairs(r, task, methods[0], methods[1])
+            diff = "-" if test["low"] is None else difference_text(test)
+            p = "-" if test["p"] is None else f"{float(test['p']):.2g}"
+            cells = [str(r["settings"]["steps"]), task, *(_cell(r, m, task) for m in methods)]
+            lines.append("| " + " | ".join([*cells, diff, p]) + " |")
+    return "\n".join([*lines, ""])
+
+
+def budget_plot(
+    folders: list[Path], out: Path, methods: tuple[str, ...] = ("tera", "vera")
+) -> None:
+    """``accuracy_vs_steps.png``: test accuracy against training steps, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(
+        (json.loads((f / "results.json").read_text()) for f in folders),
+        key=lambda r: r["settings"]["steps"],
+    )
+    tasks = list(dict.fromkeys(t for r in runs for t in r["tasks"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for m in methods:
+            xs, ys, lo, hi = [], [], [], []
+            for r in runs:
+                t = r["methods"].get(m, {}).get("tasks", {}).get(task)
+                if not t or not t["accuracy"]:
+                    continue
+                accs = [100 * a for a in t["accuracy"]]
+                xs.append(r["settings"]["steps"])
+                ys.append(statistics.fmean(accs))
+                lo.append(min(accs))
+                hi.append(max(accs))
+            if xs:
+                label = runs[0]["methods"][m]["label"]
+                ax.plot(xs, ys, marker="o", label=label)
+                ax.fill_between(xs, lo, hi, alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xticks([r["settings"]["steps"] for r in runs])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("training steps (batch 16)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(task)
+        ax.legend()
+    fig.suptitle("Accuracy against budget (mean over seeds; band: min..max)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ablation groups and write ``ablations.md`` next to the harness's reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,7 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", help="run only these variants of the groups (comma-separated specs)"
     )
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="finished comparisons at several budgets: write <out>/budget.md and "
+        "<out>/accuracy_vs_steps.png from them (TeRA and VeRA) and stop",
+    )
     args = parser.parse_args(argv)
+    if args.budget:
+        out = Path(args.out)
+        (out / "budget.md").write_text(budget_report(args.budget))
+        budget_plot(args.budget, out / "accuracy_vs_steps.png")
+        print((out / "budget.md").read_text())
+        return 0
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -177,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.tables_only:
         results = json.loads((out / "results.json").read_text())
-        (out / "ablations.md").write_text(ablation_tables(results, groups))
+        (out / "ablations.md").write_text(ablation_tables(results, groups) + peer_table(results))
         print((out / "ablations.md").read_text())
         return 0
     if args.seed_from and not (out / "compare.json").is_file():
@@ -185,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(Path(args.seed_from) / "runs", out / "runs", dirs_exist_ok=True)
         shutil.copy(Path(args.seed_from) / "compare.json", out / "compare.json")
     results = compare(preset, out, resume=(out / "compare.json").is_file())
-    (out / "ablations.md").write_text(ablation_tables(results, groups))
+    (out / "ablations.md").write_text(ablation_tables(results, groups) + peer_table(results))
     print((out / "ablations.md").read_text())
     return 0
 
