@@ -165,6 +165,52 @@ def compare_mean(key: str) -> float:
     return 100 * statistics.fmean(accs)
 
 
+def _results_json(folder: str) -> dict:
+    path = RESULTS / folder / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _slug(task: str) -> str:
+    return task.replace("/", "_")
+
+
+def _ablation_numbers(n: dict[str, Callable[[], str]]) -> None:
+    """``abl<steps>.<task>.<method>.mean`` and ``.tera_vs_vera`` (Δ [CI], p) per task."""
+    from tera.compare.report import mean_interval, paired_accuracies, paired_test
+
+    for folder in ("ablations", "ablations-300"):
+        r = _results_json(folder)
+        if not r:
+            continue
+        tag = f"abl{r['settings']['steps']}"
+        for key, method in r["methods"].items():
+            for task, t in method["tasks"].items():
+                if t["accuracy"]:
+                    n[f"{tag}.{_slug(task)}.{key}.mean"] = lambda t=t: (
+                        f"{mean_interval([100 * a for a in t['accuracy']])[0]:.2f} %"
+                    )
+        if not {"tera", "vera"} <= set(r["methods"]):
+            continue
+        for task in r["tasks"]:
+            one = {
+                "methods": {
+                    k: {"tasks": {task: r["methods"][k]["tasks"].get(task, {})}}
+                    for k in ("tera", "vera")
+                }
+            }
+            if not all(one["methods"][k]["tasks"][task] for k in ("tera", "vera")):
+                continue
+
+            def test(one: dict = one) -> dict:
+                return paired_test(paired_accuracies(one, "vera", against="tera"))
+
+            n[f"{tag}.{_slug(task)}.tera_vs_vera.delta"] = lambda f=test: (
+                f"{float(f()['mean'] or 0):+.2f} points [{float(f()['low'] or 0):+.2f}, "
+                f"{float(f()['high'] or 0):+.2f}]"
+            )
+            n[f"{tag}.{_slug(task)}.tera_vs_vera.p"] = lambda f=test: f"{float(f()['p'] or 0):.2g}"
+
+
 # -- Figures measured once outside the results files ---------------------------------------
 TARGETS: dict[str, float] = {
     # the performance targets the engine was built to meet (x the frozen layer, or x LoRA)
@@ -381,6 +427,7 @@ def _numbers() -> dict[str, Callable[[], str]]:
         ),
     )["label"]
 
+    _ablation_numbers(n)
     for name, (value, _source) in STATED.items():
         n[name] = lambda v=value: v
     return n
