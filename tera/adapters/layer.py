@@ -43,6 +43,15 @@ __all__ = [
 
 EnginePath = Literal["auto", "materialize", "push"]
 
+BANK_CACHE = 4
+"""Stacked banks an adapted layer keeps per batch composition (the most recent ones).
+
+Inference reuses a bank while its adapters' tensors are unchanged (every decoding step of a
+``generate`` call, or repeated batches of the same adapters); a new composition stacks its
+adapters' tensors again (cheap for TeRA's and VeRA's vectors, a copy of the batch's LoRA
+matrices for LoRA) and evicts the oldest.
+"""
+
 BASE_ADAPTER = "__base__"
 """The name a row of a mixed batch gives to get the base model's output (PEFT's)."""
 
@@ -99,7 +108,7 @@ class RowAdapters:
         return cast(torch.Tensor, found)
 
     def expanded(self, rows: int) -> torch.Tensor:
-        """:attr:`index` for ``rows`` leading rows (each name repeated ``rows / self.rows``)."""
+        """``index`` for ``rows`` leading rows (each name repeated ``rows / self.rows``)."""
         if rows == self.rows:
             return self.index
         if rows % self.rows:
@@ -425,7 +434,13 @@ class AdapterLinear(nn.Module):
         x3 = x.reshape(n_rows, -1, self.in_features)
         out3 = result.reshape(n_rows, -1, self.out_features)
         w0 = self.base_weight() if self.quantization is None else None
+        groups = []
         for positions, names, bank in self._plan(batch):
+            if bank is not None and self._one_by_one(batch, positions, names, x3, w0):
+                groups += [([p], [n], None) for p, n in zip(positions, names, strict=True)]
+            else:
+                groups.append((positions, names, bank))
+        for positions, names, bank in groups:
             sel = batch.rows_of(positions, n_rows, x.device)
             if sel.numel() == 0:
                 continue
@@ -441,6 +456,42 @@ class AdapterLinear(nn.Module):
             ys = ys.to(out3.dtype)
             out3 = out3 + ys if whole else out3.index_add(0, sel, ys)
         return out3.reshape(result.shape)
+
+    def _one_by_one(
+        self,
+        batch: RowAdapters,
+        positions: list[int],
+        names: list[str],
+        x3: torch.Tensor,
+        w0: torch.Tensor | None,
+    ) -> bool:
+        """Whether a bank costs fewer FLOPs run adapter by adapter than in one pass.
+
+        One pass pushes every row through the shared factors; alone, an adapter with many
+        tokens (a long prefill of few adapters) materializes its ``dW`` once instead. The
+        engine prices both from the evaluator's FLOP counts (decided once per call).
+        """
+        if self.path != "auto":  # forced: "push" runs the bank in one pass
+            return self.path == "materialize"
+        tokens = int(x3.shape[1])
+        backward = torch.is_grad_enabled() and any(
+            p.requires_grad for n in names for p in self.adapters[n].parameters()
+        )
+        key = ("one-by-one", id(self), tuple(positions), int(x3.shape[0]), tokens, backward)
+        found = batch._cache.get(key)
+        if found is None:
+            counts = torch.bincount(batch.expanded(int(x3.shape[0])), minlength=len(batch.names))
+            engine = self.engine(w0 if w0 is not None else self._stand_in(x3), names[0])
+            total = sum(int(counts[p]) for p in positions) * tokens
+            one_pass = engine.costs(total, False, backward)["push"]
+            alone = 0.0
+            for p in positions:
+                n_tokens = int(counts[p]) * tokens
+                if n_tokens:
+                    alone += min(engine.costs(n_tokens, False, backward).values())
+            found = alone < one_pass
+            batch._cache[key] = found
+        return bool(found)
 
     def _plan(
         self, batch: RowAdapters
@@ -509,6 +560,9 @@ class AdapterLinear(nn.Module):
             for i in range(len(raw0))
         ]
         if not grad:
+            stale = [k for k in self._banks if k[0] == "bank"]
+            if len(stale) >= BANK_CACHE:  # bounded: a new batch composition evicts the oldest
+                del self._banks[stale[0]]
             self._banks[key] = (versions, ops, stacked)
         return ops, stacked, engine.evaluator, self.dropouts[names[0]]
 

@@ -79,18 +79,20 @@ def _reference(model: AdaptedModel, batch: dict[str, torch.Tensor], rows: list[s
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_mixed_batch_gives_each_row_its_own_adapter(kind):
+    """Banks in one pass ("push"), adapter by adapter ("materialize"), or as priced."""
     model, names = _many(kind)
     rows = _row_names(names, N_ADAPTERS)
     batch = _padded_batch(N_ADAPTERS)
-    with torch.no_grad():
-        mixed = model(**batch, adapter_names=rows).logits
     expected = _reference(model, batch, rows)
     mask = batch["attention_mask"].bool()
-    torch.testing.assert_close(mixed[mask], expected[mask], atol=ATOL, rtol=RTOL)
+    for path in ("push", "materialize", "auto"):
+        model.set_engine_path(path)
+        with torch.no_grad():
+            mixed = model(**batch, adapter_names=rows).logits
+        torch.testing.assert_close(mixed[mask], expected[mask], atol=ATOL, rtol=RTOL, msg=path)
     # and the single-adapter path is untouched by a mixed call before it
     with torch.no_grad():
         plain = model(**batch).logits
-        model.set_adapter("a0")
         again = model(**batch, adapter_names=["a0"] * N_ADAPTERS).logits
     torch.testing.assert_close(again[mask], plain[mask], atol=ATOL, rtol=RTOL)
 
@@ -98,6 +100,7 @@ def test_a_mixed_batch_gives_each_row_its_own_adapter(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_generate_with_kv_cache_gives_each_row_its_own_adapter(kind):
     model, names = _many(kind)
+    model.set_engine_path("push")  # the serving path: one pass per bank
     rows = _row_names(names, N_ADAPTERS)
     batch = _padded_batch(N_ADAPTERS, seed=3)
     settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
@@ -138,9 +141,11 @@ def test_generate_repeats_names_for_beams():
     assert torch.equal(mixed[2], alone[0])
 
 
+@pytest.mark.parametrize("path", ["push", "auto"])
 @pytest.mark.parametrize("kind", ["tera", "vera", "lora"])
-def test_mixed_batch_gradients_reach_each_rows_adapter_only(kind):
+def test_mixed_batch_gradients_reach_each_rows_adapter_only(kind, path):
     model, names = _many(kind, 3)
+    model.set_engine_path(path)
     batch = _padded_batch(4, seed=7)
     rows = ["a1", "a2", "a1", "__base__"]
     model(**batch, adapter_names=rows).logits.pow(2).mean().backward()
@@ -348,3 +353,23 @@ def test_a_thousand_adapters_cost_their_vectors_only(tmp_path):
     expected = _reference(_Alias(model, "default"), batch, rows)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(mixed[mask], expected[mask], atol=ATOL, rtol=RTOL)
+
+
+def test_the_bank_cache_is_bounded_and_sees_updated_tensors():
+    from tera.adapters.layer import BANK_CACHE
+
+    model, names = _many("tera", 12)
+    model.set_engine_path("push")
+    batch = _padded_batch(2)
+    layer = next(iter(model.adapter_layers.values()))
+    with torch.no_grad():
+        for i in range(BANK_CACHE + 3):  # more compositions than the cache holds
+            model(**batch, adapter_names=[names[i], names[i + 1]])
+        assert sum(k[0] == "bank" for k in layer._banks) == BANK_CACHE
+        before = model(**batch, adapter_names=["a1", "a2"]).logits
+        model.set_adapter("a2")
+        randomize_adapter(model, seed=99)  # in place: the cached bank must not be reused
+        after = model(**batch, adapter_names=["a1", "a2"]).logits
+        alone = model(**{k: v[1:] for k, v in batch.items()}).logits
+    torch.testing.assert_close(before[:1], after[:1], atol=0, rtol=0)
+    torch.testing.assert_close(after[1:], alone, atol=ATOL, rtol=RTOL)
