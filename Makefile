@@ -54,6 +54,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/layer_step.py --reps $(BENCH_REPS) --memory --out benchmarks/results/layer_step.md
 	$(PY) benchmarks/model_step.py --reps $(BENCH_REPS) --out benchmarks/results/model_step.md
 
+# Serving many adapters: batches of 64 rows over 1, 8 and 64 distinct adapters per kind (TeRA,
+# VeRA, LoRA, HiRA) on a SmolLM2-135M-shaped model, prefill and decoding tokens/s against one
+# unmerged adapter, the merged and base models and PEFT's LoRA mixed batch; the targets it
+# checks and the bytes per extra adapter. Writes benchmarks/results/serve.md and serve.json (the
+# docs' Serving page reads them). An estimated ~35 min on 2 idle cores and ~12 GB of memory;
+# run it on an otherwise idle machine.
+.PHONY: bench-serve
+bench-serve: $(STAMP)
+	$(PY) benchmarks/serve.py --reps $(BENCH_REPS) --out benchmarks/results/serve.md
+
 # The same on a CUDA machine, with its own Python and torch (PYTHON=..., default python3; it
 # needs tera's dependencies and peft): device tests on cuda, bf16/float32 layer steps, the
 # half-precision policy study and a SmolLM2-shaped bf16 step (~4 min on one H100).

@@ -133,3 +133,47 @@ def test_quantized_accuracy_table_pairs_the_two_bases(tmp_path):
     row = next(line for line in out.read_text().splitlines() if line.startswith("| TeRA"))
     assert row.startswith("| TeRA | 61.00 ± 2.48 | 59.33 ± 2.87 | -1.67 [")
     assert row.endswith("| 2.0 | 0.5 |")
+
+
+def test_serve_times_every_variant_and_checks_the_targets(tmp_path):
+    import json as _json
+
+    import serve
+
+    out = tmp_path / "serve.md"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny GEMMs: threads only add contention on a shared machine
+    try:
+        tiny = ["--layers", "1", "--reps", "1", "--rows", "4", "--length", "4"]
+        tiny += ["--new-tokens", "1", "--mixes", "1,2,4"]
+        text = serve.main([*tiny, "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert out.read_text() == text
+    raw = _json.loads(out.with_suffix(".json").read_text())
+    expected = ["base"]
+    for kind in (*serve.KINDS, serve.PEFT):
+        extra = [] if kind == serve.PEFT else [f"{kind}/merged"]
+        expected += [f"{kind}/single", *extra, *(f"{kind}/mixed{m}" for m in (1, 2, 4))]
+    assert list(raw["variants"]) == expected
+    for key, variant in raw["variants"].items():
+        for part, tokens in (("prefill", 4 * 4), ("decode", 4 * 1)):
+            assert variant[part]["tokens"] == tokens
+            assert variant[part]["tokens_per_s"] > 0, (key, part)
+            if key != "base" and not key.endswith("/single"):
+                assert variant[part]["x_single"]["median"] > 0, (key, part)
+    mixed = raw["variants"]["tera/mixed4"]["prefill"]
+    assert mixed["x_peft_mixed"]["median"] > 0
+    assert [(t["kind"], t["part"], t["measure"]) for t in raw["targets"]] == [
+        (kind, part, measure)
+        for kind in ("tera", "vera")
+        for part in ("prefill", "decode")
+        for measure in ("x_single", "x_peft_mixed")
+    ]
+    assert all(isinstance(t["met"], bool) for t in raw["targets"])
+    memory = raw["memory"]
+    assert memory["tera"]["shared"] and memory["vera"]["shared"]
+    assert memory["tera"]["frozen_bytes"] > 0 and memory["lora"]["frozen_bytes"] == 0
+    assert 0 < memory["tera"]["adapter_bytes"] < memory["lora"]["adapter_bytes"]
+    assert memory["lora"]["adapter_bytes"] == memory["peft-lora"]["adapter_bytes"]
+    assert "| TeRA | 4 mixed (adapter_names) |" in text

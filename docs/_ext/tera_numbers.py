@@ -5,6 +5,7 @@ there (an unknown name fails the build). The values come from
 
 * ``benchmarks/results/*.md``: the tables ``make bench`` / ``make bench-gpu`` /
   ``benchmarks/adapter_sizes.py`` wrote (parsed here, never edited by hand);
+* ``benchmarks/results/serve.json``: the raw numbers of ``make bench-serve`` (mixed batches);
 * ``docs/results/compare-default/results.json``: the default comparison (accuracies);
 * :mod:`tera.theory` and the FLOP formulas: derived quantities (floors, byte counts);
 * :data:`STATED`: the few figures measured once outside those files, each with where it
@@ -152,6 +153,35 @@ def sizes_row(variant: str) -> dict[str, str]:
     raise KeyError(f"adapter_sizes.md has no adapter {variant!r}")
 
 
+# -- Serving many adapters (benchmarks/serve.py's JSON) --------------------------------------
+@functools.cache
+def serve_results() -> dict:
+    """``benchmarks/results/serve.json``, the raw numbers ``make bench-serve`` wrote."""
+    path = RESULTS / "serve.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} is missing (make bench-serve writes it)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def serve_most() -> int:
+    """The largest number of distinct adapters in one batch the run measured."""
+    return int(serve_results()["settings"]["mixes"][-1])
+
+
+def serve_ratio(kind: str, which: str, part: str, measure: str) -> float:
+    """Median per-repetition throughput ratio of a variant (``which``: merged, mixed1, most)."""
+    key = f"{kind}/mixed{serve_most()}" if which == "most" else f"{kind}/{which}"
+    return float(serve_results()["variants"][key][part][measure]["median"])
+
+
+def serve_target(kind: str, part: str, measure: str) -> bool:
+    """Whether the run met one of the issue's targets (computed by the benchmark)."""
+    for t in serve_results()["targets"]:
+        if (t["kind"], t["part"], t["measure"]) == (kind, part, measure):
+            return bool(t["met"])
+    raise KeyError(f"serve.json has no target {kind}/{part}/{measure}")
+
+
 # -- The default comparison (accuracies) ---------------------------------------------------
 @functools.cache
 def compare_results() -> dict:
@@ -269,6 +299,10 @@ def _ms(value: float) -> str:
 
 def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:.2f} MB"
+
+
+def _bytes(nbytes: float) -> str:
+    return _mb(nbytes) if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
 
 
 def _spread(lo_hi: tuple[float, float]) -> str:
@@ -393,6 +427,48 @@ def _numbers() -> dict[str, Callable[[], str]]:
     n["engine.fp32_cost"] = lambda: f"{_engine_fp32_cost():g}x"
     n["llama7b.lora_over_tera.saved"] = lambda: (
         f"{_float(sizes_row('LoRA r=32')['saved bytes']) / _float(sizes_row(TERA_7B)['saved bytes']):.0f}"  # noqa: E501
+    )
+
+    # Serving many adapters: mixed batches (serve.json)
+    n["serve.machine"] = lambda: str(serve_results()["machine"])
+    n["serve.most"] = lambda: str(serve_most())
+    n["serve.target_x_single"] = lambda: _x(float(serve_results()["settings"]["target_x_single"]))
+
+    def serve_settings() -> str:
+        s = serve_results()["settings"]
+        return (
+            f"{s['layers']} decoder layers, {s['rows']} rows of {s['length']} tokens, "
+            f"{s['new_tokens']} decoding steps, {s['reps']} repetitions"
+        )
+
+    n["serve.settings"] = serve_settings
+    for kind in ("tera", "vera", "lora", "hira", "peft-lora"):
+        for which in ("merged", "mixed1", "most"):
+            if kind == "peft-lora" and which == "merged":
+                continue
+            for part in ("prefill", "decode"):
+                measures = ["x_single"] + (
+                    [] if kind == "peft-lora" or which == "merged" else ["x_peft_mixed"]
+                )
+                for measure in measures:
+                    short = "xsingle" if measure == "x_single" else "xpeft"
+                    n[f"serve.{kind}.{which}.{part}.{short}"] = (
+                        lambda k=kind, w=which, p=part, m=measure: _x(serve_ratio(k, w, p, m))
+                    )
+        n[f"serve.{kind}.adapter_bytes"] = lambda k=kind: _bytes(
+            serve_results()["memory"][k]["adapter_bytes"]
+        )
+        n[f"serve.{kind}.frozen_bytes"] = lambda k=kind: _bytes(
+            serve_results()["memory"][k]["frozen_bytes"]
+        )
+    for kind in ("tera", "vera"):
+        for part in ("prefill", "decode"):
+            for measure, short in (("x_single", "single"), ("x_peft_mixed", "peft")):
+                n[f"serve.target.{kind}.{part}.{short}"] = lambda k=kind, p=part, m=measure: (
+                    "met" if serve_target(k, p, m) else "missed"
+                )
+    n["serve.lora_over_tera.bytes"] = lambda: (
+        f"{serve_results()['memory']['lora']['adapter_bytes'] / serve_results()['memory']['tera']['adapter_bytes']:.0f}"  # noqa: E501
     )
 
     # The default comparison
