@@ -434,7 +434,7 @@ class AdapterLinear(nn.Module):
         x3 = x.reshape(n_rows, -1, self.in_features)
         out3 = result.reshape(n_rows, -1, self.out_features)
         w0 = self.base_weight() if self.quantization is None else None
-        groups = []
+        groups: list[tuple[list[int], list[str], tuple[object, ...] | None]] = []
         for positions, names, bank in self._plan(batch):
             if bank is not None and self._one_by_one(batch, positions, names, x3, w0):
                 groups += [([p], [n], None) for p, n in zip(positions, names, strict=True)]
