@@ -21,6 +21,7 @@ from tera.adapters.config import (
     config_from_dict,
 )
 from tera.adapters.layer import (
+    BANK_CACHE,
     BASE_ADAPTER,
     AdapterLinear,
     ExecutionPolicy,
@@ -47,6 +48,7 @@ from tera.adapters.quantized import (
 )
 
 __all__ = [
+    "BANK_CACHE",
     "BASE_ADAPTER",
     "DEFAULT_TARGET_MODULES",
     "AdaptedModel",
