@@ -317,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.tables_only:
         results = json.loads((out / "results.json").read_text())
-        (out / "ablations.md").write_text(ablation_tables(results, groups) + "\n" + peer_table(results))
+        (out / "ablations.md").write_text(
+            ablation_tables(results, groups) + "\n" + peer_table(results)
+        )
         print((out / "ablations.md").read_text())
         return 0
     if args.seed_from and not (out / "compare.json").is_file():
