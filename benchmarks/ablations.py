@@ -162,26 +162,32 @@ def _task_pairs(results: dict[str, Any], task: str, name: str, against: str) -> 
     return paired_test(paired_accuracies(one, against, against=name))
 
 
-def peer_table(results: dict[str, Any], peer: str = "vera") -> str:
-    """Markdown: TeRA against ``peer`` on each task (Δ = TeRA minus peer, paired over seeds)."""
-    if peer not in results["methods"] or "tera" not in results["methods"]:
+def peer_table(
+    results: dict[str, Any],
+    peer: str = "vera",
+    refs: tuple[str, ...] = ("tera", "tera(zero_init=0)"),
+) -> str:
+    """Markdown: TeRA variants against ``peer`` on each task (Δ = variant minus peer)."""
+    if peer not in results["methods"]:
         return ""
+    label = results["methods"][peer]["label"]
     lines = [
-        f"### TeRA against {results['methods'][peer]['label']}, task by task",
+        f"### TeRA against {label}, task by task",
         "",
-        "| Task | TeRA | "
-        + results["methods"][peer]["label"]
-        + " | Δ (TeRA - peer) [95% CI] | p |",
-        "|---|---|---|---|---|",
+        f"| Variant | Task | TeRA | {label} | Δ (TeRA - {label}) [95% CI] | p |",
+        "|---|---|---|---|---|---|",
     ]
-    for task in results["tasks"]:
-        if not all(task in results["methods"][k]["tasks"] for k in ("tera", peer)):
+    for ref in refs:
+        if ref not in results["methods"]:
             continue
-        test = _task_pairs(results, task, "tera", peer)
-        diff = "-" if test["low"] is None else difference_text(test)
-        p = "-" if test["p"] is None else f"{float(test['p']):.2g}"
-        row = [task, _cell(results, "tera", task), _cell(results, peer, task), diff, p]
-        lines.append("| " + " | ".join(row) + " |")
+        for task in results["tasks"]:
+            if not all(task in results["methods"][k]["tasks"] for k in (ref, peer)):
+                continue
+            test = _task_pairs(results, task, ref, peer)
+            diff = "-" if test["low"] is None else difference_text(test)
+            p = "-" if test["p"] is None else f"{float(test['p']):.2g}"
+            row = [f"`{ref}`", task, _cell(results, ref, task), _cell(results, peer, task)]
+            lines.append("| " + " | ".join([*row, diff, p]) + " |")
     return "\n".join([*lines, ""])
 
 

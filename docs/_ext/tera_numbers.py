@@ -219,26 +219,44 @@ def _ablation_numbers(n: dict[str, Callable[[], str]]) -> None:
                     n[f"{tag}.{_slug(task)}.{key}.mean"] = lambda t=t: (
                         f"{mean_interval([100 * a for a in t['accuracy']])[0]:.2f} %"
                     )
-        if not {"tera", "vera"} <= set(r["methods"]):
-            continue
-        for task in r["tasks"]:
-            one = {
-                "methods": {
-                    k: {"tasks": {task: r["methods"][k]["tasks"].get(task, {})}}
-                    for k in ("tera", "vera")
-                }
-            }
-            if not all(one["methods"][k]["tasks"][task] for k in ("tera", "vera")):
+        for key, method in r["methods"].items():
+            vals = [
+                100 * float(v)
+                for t in method["tasks"].values()
+                for k, v in (t.get("lr_search") or {}).items()
+                if t.get("lr") is not None and float(k) == t["lr"]
+            ]
+            if vals:  # the validation split at the chosen rate, seed 0, mean over tasks
+                n[f"{tag}.{key}.val"] = lambda v=vals: f"{statistics.fmean(v):.2f} %"
+            for task, t in method["tasks"].items():
+                search = t.get("lr_search") or {}
+                val = [
+                    v for k, v in search.items() if t.get("lr") is not None and float(k) == t["lr"]
+                ]
+                if val:
+                    n[f"{tag}.{_slug(task)}.{key}.val"] = lambda v=val[0]: f"{100 * v:.1f} %"
+        for ref in ("tera", "tera(zero_init=0)"):
+            if not {ref, "vera"} <= set(r["methods"]):
                 continue
+            for task in r["tasks"]:
+                one = {
+                    "methods": {
+                        k: {"tasks": {task: r["methods"][k]["tasks"].get(task, {})}}
+                        for k in (ref, "vera")
+                    }
+                }
+                if not all(one["methods"][k]["tasks"][task] for k in (ref, "vera")):
+                    continue
 
-            def test(one: dict = one) -> dict:
-                return paired_test(paired_accuracies(one, "vera", against="tera"))
+                def test(one: dict = one, ref: str = ref) -> dict:
+                    return paired_test(paired_accuracies(one, "vera", against=ref))
 
-            n[f"{tag}.{_slug(task)}.tera_vs_vera.delta"] = lambda f=test: (
-                f"{float(f()['mean'] or 0):+.2f} points [{float(f()['low'] or 0):+.2f}, "
-                f"{float(f()['high'] or 0):+.2f}]"
-            )
-            n[f"{tag}.{_slug(task)}.tera_vs_vera.p"] = lambda f=test: f"{float(f()['p'] or 0):.2g}"
+                name = f"{tag}.{_slug(task)}.{ref}_vs_vera"
+                n[f"{name}.delta"] = lambda f=test: (
+                    f"{float(f()['mean'] or 0):+.2f} points [{float(f()['low'] or 0):+.2f}, "
+                    f"{float(f()['high'] or 0):+.2f}]"
+                )
+                n[f"{name}.p"] = lambda f=test: f"{float(f()['p'] or 0):.2g}"
 
 
 # -- Figures measured once outside the results files ---------------------------------------
