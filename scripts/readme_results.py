@@ -1,4 +1,4 @@
-"""Copy the default comparison's table and verdicts into the README (between its markers).
+"""Copy the default comparison's and the ablations' tables into the README (their markers).
 
     python scripts/readme_results.py          # rewrite the README block
     python scripts/readme_results.py --check  # exit 1 if the README disagrees with the results
@@ -18,6 +18,28 @@ RESULTS = ROOT / "docs" / "results" / "compare-default" / "results.md"
 README = ROOT / "README.md"
 BEGIN = "<!-- results: begin (scripts/readme_results.py writes this block) -->"
 END = "<!-- results: end -->"
+ABLATIONS = ROOT / "benchmarks" / "results" / "ablations"
+ABL_BEGIN = "<!-- ablations: begin (scripts/readme_results.py writes this block) -->"
+ABL_END = "<!-- ablations: end -->"
+
+
+def _section(path: Path, title_start: str | None) -> str:
+    """The first table of ``path`` (after the heading starting with ``title_start``)."""
+    lines = path.read_text().splitlines()
+    if title_start is not None:
+        lines = lines[next(i for i, x in enumerate(lines) if x.startswith(title_start)) :]
+    start = next(i for i, x in enumerate(lines) if x.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def ablation_block() -> str:
+    """The README block: TeRA against VeRA per task, and at each budget."""
+    parts = [_section(ABLATIONS / "ablations.md", "### TeRA against")]
+    if (ABLATIONS / "budget.md").is_file():
+        parts += ["", "At each budget (`benchmarks/results/ablations/budget.md`):", ""]
+        parts.append(_section(ABLATIONS / "budget.md", None))
+    return f"{ABL_BEGIN}\n" + "\n".join(parts) + f"\n{ABL_END}"
 
 
 def block() -> str:
@@ -37,7 +59,11 @@ def block() -> str:
 def rewrite(readme: str) -> str:
     """``readme`` with its results block replaced by :func:`block`."""
     start, end = readme.index(BEGIN), readme.index(END) + len(END)
-    return readme[:start] + block() + readme[end:]
+    readme = readme[:start] + block() + readme[end:]
+    if ABL_BEGIN in readme:
+        start, end = readme.index(ABL_BEGIN), readme.index(ABL_END) + len(ABL_END)
+        readme = readme[:start] + ablation_block() + readme[end:]
+    return readme
 
 
 def main(argv: list[str] | None = None) -> int:
