@@ -281,6 +281,7 @@ class _Runner:
         self.settings = preset.settings
         self.done = 0
         self.reused = 0
+        self.configs: dict[str, Any] = {}  # method -> its adapter config, as recorded
 
     def _path(self, task: str, method: Method, purpose: str) -> Path:
         return self.out / "runs" / _slug(task) / _slug(method.name) / f"{purpose}.json"
@@ -289,15 +290,25 @@ class _Runner:
         self, task: str, method: Method, purpose: str, run: Callable[[], dict[str, Any]]
     ) -> dict[str, Any]:
         path = self._path(task, method, purpose)
+        config = self.configs.get(method.name)
         if path.is_file():
-            self.reused += 1
             data: dict[str, Any] = json.loads(path.read_text())
-            return data
+            # a record made with another adapter config (a default changed since, say) is not
+            # this method's run: redo it (records written before configs were kept are trusted)
+            if "config" not in data or config is None or data["config"] == config:
+                self.reused += 1
+                return data
+            self.log(
+                f"  {method.label} {purpose}: recorded with another config "
+                f"({_config_change(data['config'], config)}); running it again"
+            )
         start = time.perf_counter()
         data = run()
         data.update(
             task=task, method=method.name, purpose=purpose, wall_seconds=time.perf_counter() - start
         )
+        if config is not None:
+            data["config"] = config
         write_json(path, data)
         self.done += 1
         if self.on_run is not None:
@@ -505,10 +516,29 @@ def saved_preset(out: str | Path) -> Preset:
     return preset_from_dict(data["preset"])
 
 
+def _config_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The fields two recorded configs differ in, ``name: old -> new``."""
+    keys = sorted(set(old) | set(new))
+    return ", ".join(
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
+    )
+
+
+def _recorded_config(config: Any) -> dict[str, Any]:
+    """An adapter config as run records keep it: JSON values, without the per-run seed."""
+    data = json.loads(json.dumps(jsonable(config.to_dict())))
+    data.pop("seed", None)
+    return data  # type: ignore[no-any-return]
+
+
 def _check_methods(
     methods: list[Method], load: Callable[[], LoadedModel], log: Callable[[str], None]
-) -> None:
-    """Build every method's config on the model once, before any training (fail fast)."""
+) -> dict[str, Any]:
+    """Build every method's config on the model once, before any training (fail fast).
+
+    Returns each method's config as its run records keep it (:func:`_recorded_config`).
+    """
+    configs: dict[str, Any] = {}
     from torch import nn
 
     from tera.adapters import parameter_report
@@ -531,6 +561,8 @@ def _check_methods(
         except TeraError as err:
             raise type(err)(f"method {method.name}: {err}") from None
         log(f"  {method.label:<18} {report.adapter:>10,d} adapter parameters")
+        configs[method.name] = _recorded_config(config)
+    return configs
 
 
 def compare(
@@ -641,7 +673,7 @@ def compare(
             for s in range(max(preset.seeds, 1))
         }
         if index == 0:
-            _check_methods(methods, loaders[0], log)
+            runner.configs = _check_methods(methods, loaders[0], log)
         for method in methods:
             entry = _run_method(runner, label, loaders, method, splits, preset)
             results["methods"][method.name]["tasks"][label] = entry

@@ -438,3 +438,27 @@ def test_every_preset_parses_and_round_trips_through_compare_json():
     gpu = PRESETS["paper-gpu"]
     assert gpu.settings.steps >= 1000 and gpu.seeds >= 3 and len(gpu.tasks) >= 3
     assert gpu.settings.device == "cuda" and gpu.settings.dtype == "bf16"
+
+
+def test_a_run_recorded_with_another_config_is_run_again(tmp_path):
+    """A default that changed since a run was recorded must not be reused silently."""
+    from tera.compare.presets import PRESETS
+    from tera.compare.run import compare
+
+    small = PRESETS["smoke"].with_overrides(methods=("lora(lr=0.001)",), seeds=2)
+    first = compare(small, tmp_path, log=lambda line: None)
+    records = sorted((tmp_path / "runs").rglob("test-seed=1.json"))
+    assert len(records) == 1
+    data = json.loads(records[0].read_text())
+    assert data["config"]["r"] == 32 and "seed" not in data["config"]  # the harness's LoRA
+    data["config"]["r"] = 999  # as if it had been run under another default
+    records[0].write_text(json.dumps(data))
+    lines: list[str] = []
+    second = compare(small, tmp_path, log=lines.append, resume=True)
+    assert (second["runs_reused"], second["runs_done"]) == (first["runs_done"] - 1, 1)
+    assert any("recorded with another config (r: 999 -> 32)" in line for line in lines)
+    assert json.loads(records[0].read_text())["config"]["r"] == 32
+    assert (
+        second["methods"]["lora(lr=0.001)"]["tasks"]["synthetic"]["accuracy"]
+        == (first["methods"]["lora(lr=0.001)"]["tasks"]["synthetic"]["accuracy"])
+    )
