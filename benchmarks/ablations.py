@@ -256,6 +256,7 @@ def budget_plot(
         ax.set_xscale("log")
         ax.set_xticks([r["settings"]["steps"] for r in runs])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training steps (batch 16)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(task)
