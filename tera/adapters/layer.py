@@ -484,12 +484,16 @@ class AdapterLinear(nn.Module):
             engine = self.engine(w0 if w0 is not None else self._stand_in(x3), names[0])
             total = sum(int(counts[p]) for p in positions) * tokens
             one_pass = engine.costs(total, False, backward)["push"]
-            alone = 0.0
+            alone, materializes = 0.0, False
             for p in positions:
                 n_tokens = int(counts[p]) * tokens
                 if n_tokens:
-                    alone += min(engine.costs(n_tokens, False, backward).values())
-            found = alone < one_pass
+                    costs = engine.costs(n_tokens, False, backward)
+                    alone += min(costs.values())
+                    materializes |= costs["materialize"] < costs["push"]
+            # pushing is linear in the tokens: adapter by adapter only pays off where some
+            # adapter materializes (else the same FLOPs in more, smaller calls)
+            found = materializes and alone < one_pass
             batch._cache[key] = found
         return bool(found)
 

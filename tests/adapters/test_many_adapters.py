@@ -373,3 +373,26 @@ def test_the_bank_cache_is_bounded_and_sees_updated_tensors():
         alone = model(**{k: v[1:] for k, v in batch.items()}).logits
     torch.testing.assert_close(before[:1], after[:1], atol=0, rtol=0)
     torch.testing.assert_close(after[1:], alone, atol=ATOL, rtol=RTOL)
+
+
+def test_a_bank_runs_in_one_pass_unless_materializing_pays():
+    """Decoding (a token per row, many adapters): one pass; a long prefill of one: alone."""
+    from torch import nn
+
+    from tera.adapters.layer import RowAdapters
+
+    config = TeRAConfig(in_mode=64, out_mode=4, target_modules=["0"])
+    model = adapt(nn.Sequential(nn.Linear(64, 64)), config, adapter_name="a0")
+    for i in range(1, 64):
+        model.add_adapter(f"a{i}", config)
+    layer = model.adapter_layers["0"]
+    names = [f"a{i}" for i in range(64)]
+    with torch.no_grad():
+        decode = RowAdapters.from_names(names)
+        positions, bank_names, _ = layer._plan(decode)[0]
+        x = torch.randn(64, 1, 64)
+        assert not layer._one_by_one(decode, positions, bank_names, x, layer.base_weight())
+        prefill = RowAdapters.from_names(["a0", "a0"])
+        positions, bank_names, _ = layer._plan(prefill)[0]
+        x = torch.randn(2, 4096, 64)
+        assert layer._one_by_one(prefill, positions, bank_names, x, layer.base_weight())
