@@ -1,8 +1,9 @@
 """Load 1,000 TeRA adapters onto SmolLM2-135M: load time and memory, measured.
 
-The adapters are written by the test suite's helper (random ``d`` vectors, the harness's
-TeRA scheme on ``q_proj`` and ``v_proj``: (576 | 8, 8, 9) and (576 | 8, 8, 3)), then loaded
-one by one with ``load_adapter``. Reported: the time per adapter, the growth of the
+The adapters are written by :func:`write_adapters` (random ``d`` vectors, the harness's TeRA
+scheme on ``q_proj`` and ``v_proj``: (576 | 8, 8, 9) and (576 | 8, 8, 3); the test suite's
+1,000-adapter test writes its folders with it too), then loaded one by one with
+``load_adapter``. Reported: the time per adapter, the growth of the
 process's resident memory against the adapters' own tensors (``adapter_bytes``), and the
 frozen factors' bytes before and after (they must not grow: one storage for all).
 

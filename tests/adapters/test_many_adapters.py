@@ -9,6 +9,9 @@ single-adapter path, a few float32 ulps of the O(1) logits of these tiny models.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,6 +26,9 @@ from tests.adapters.common import (
     mlp,
     randomize_adapter,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from many_adapters import write_adapters  # the folders the 1,000-adapter benchmark loads
 
 N_ADAPTERS = 64
 
@@ -296,26 +302,10 @@ def test_an_adapter_that_does_not_fit_is_refused_and_the_others_stay(tmp_path):
     torch.testing.assert_close(after, before, atol=0, rtol=0)
 
 
-def write_random_adapters(template: AdaptedModel, root, n: int, seed: int = 0) -> list:
-    """``n`` adapter folders of ``template``'s kind and layers, each with random tensors."""
-    from tera.adapters import io
-
-    meta = template._adapter_meta(include_factors=False)
-    shapes = {k: tuple(v.shape) for k, v in template._adapter_state(False).items()}
-    g = torch.Generator().manual_seed(seed)
-    folders = []
-    for i in range(n):
-        tensors = {k: 1.0 + 0.3 * torch.randn(s, generator=g) for k, s in shapes.items()}
-        folder = root / f"user{i:04d}"
-        io.write_adapter(folder, meta, tensors)
-        folders.append(folder)
-    return folders
-
-
 def test_a_thousand_adapters_cost_their_vectors_only(tmp_path):
     config = make_config("tera", "llama")
     template = adapt(llama(), config)
-    folders = write_random_adapters(template, tmp_path, 1000)
+    folders = write_adapters(template, tmp_path, 1000)
     model = adapt(llama(), config)
     factor_bytes = sum(t.numel() * t.element_size() for _, t in model.shared_factors.items())
     for i, folder in enumerate(folders):
