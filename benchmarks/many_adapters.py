@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import emit, machine
 from model_step import smollm2_shape
 
-from tera.adapters import AdaptedModel, adapt, io
+from tera.adapters import AdaptedModel, adapt, io, saving
 from tera.compare.methods import METHODS, method_config
 
 TARGETS = ("q_proj", "v_proj")
@@ -48,8 +48,9 @@ def _factor_bytes(model: AdaptedModel) -> int:
 
 def write_adapters(template: AdaptedModel, root: Path, n: int) -> list[Path]:
     """``n`` adapter folders of ``template``'s scheme with random d's."""
-    meta = template._adapter_meta(include_factors=False)
-    shapes = {k: tuple(v.shape) for k, v in template._adapter_state(False).items()}
+    meta = saving.adapter_meta(template, False, "default")
+    state = saving.adapter_state(template, False, "default")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     g = torch.Generator().manual_seed(0)
     folders = []
     for i in range(n):

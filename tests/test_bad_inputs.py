@@ -4,8 +4,6 @@ the bad value and says how to fix it (one test per case; each ``match`` checks b
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -33,7 +31,7 @@ from tera.errors import (
     TensorizationError,
     TeraError,
 )
-from tests.adapters.common import llama, make_config, mlp, randomize_adapter
+from tests.adapters.common import edit_meta, llama, make_config, mlp, randomize_adapter
 
 
 def _linear(in_f: int = 16, out_f: int = 16) -> nn.Module:
@@ -47,13 +45,6 @@ def saved_dir(tmp_path):
     randomize_adapter(model)
     model.save_pretrained(tmp_path)
     return tmp_path
-
-
-def _edit_meta(directory, **changes) -> None:
-    path = directory / "adapter_config.json"
-    meta = json.loads(path.read_text())
-    meta.update(changes)
-    path.write_text(json.dumps(meta))
 
 
 # -- tensorization and ranks -------------------------------------------------------------------
@@ -247,7 +238,7 @@ def test_corrupted_safetensors_file(saved_dir):
 
 
 def test_config_from_a_newer_format_version(saved_dir):
-    _edit_meta(saved_dir, format_version=2)
+    edit_meta(saved_dir, format_version=2)
     with pytest.raises(
         LoadError, match=r"has format_version 2 but this tera reads up to 1; upgrade tera"
     ):
@@ -255,7 +246,7 @@ def test_config_from_a_newer_format_version(saved_dir):
 
 
 def test_factor_fingerprint_mismatch(saved_dir):
-    _edit_meta(saved_dir, factor_fingerprint="ab" * 32)
+    edit_meta(saved_dir, factor_fingerprint="ab" * 32)
     with pytest.raises(
         FingerprintError,
         match=r"\(\w{12}\.\.\. vs abababababab\.\.\.\).*Re-save the adapter with "

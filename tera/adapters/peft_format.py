@@ -46,9 +46,9 @@ import torch
 from torch import nn
 
 from tera.adapters import io
-from tera.adapters.config import config_from_dict
 from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import linear_shape
+from tera.adapters.registry import config_from_dict
 from tera.adapters.vera import projection_keys
 from tera.errors import FormatError, LoadError, TeraError
 

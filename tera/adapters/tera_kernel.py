@@ -49,7 +49,7 @@ from tera.tn.kernels import (
 if TYPE_CHECKING:
     from tera.adapters.engine import Network
 
-__all__ = ["TuckerEvaluator", "scaled_tucker_matrix"]
+__all__ = ["TuckerEvaluator", "lean_tucker_matrix"]
 
 
 def _contract_vectors(h: torch.Tensor, vectors: Sequence[torch.Tensor], left: bool) -> torch.Tensor:
@@ -235,7 +235,7 @@ class _ScaledTucker(torch.autograd.Function):
         return (None, None, None, *grads, *(None,) * n)
 
 
-def scaled_tucker_matrix(
+def lean_tucker_matrix(
     core: Array,
     vectors: Sequence[Array],
     factors: Sequence[Array],
@@ -275,19 +275,19 @@ def scaled_tucker_matrix(
     --------
     >>> import torch
     >>> from tera.tn import tucker_to_matrix
-    >>> from tera.adapters.tera_kernel import scaled_tucker_matrix
+    >>> from tera.adapters.tera_kernel import lean_tucker_matrix
     >>> f64 = {"dtype": torch.float64}
     >>> G = torch.randn(4, 2, 3, **f64)
     >>> A = [torch.randn(4, 4, **f64), torch.randn(2, 2, **f64), torch.randn(3, 3, **f64)]
     >>> d = [torch.rand(4, **f64).requires_grad_(), torch.rand(2, **f64), torch.rand(3, **f64)]
-    >>> M = scaled_tucker_matrix(G, d, A, k=1)
+    >>> M = lean_tucker_matrix(G, d, A, k=1)
     >>> ref = tucker_to_matrix(G, [v[:, None] * a for v, a in zip(d, A)], k=1)
     >>> M.shape, bool(torch.allclose(M, ref))
     (torch.Size([4, 6]), True)
     """
     check_scaled_tucker(core, vectors, factors, k)
     if isinstance(core, np.ndarray):
-        out = scaled_tucker_matrix(
+        out = lean_tucker_matrix(
             torch.from_numpy(core),
             [torch.from_numpy(np.asarray(v)) for v in vectors],
             [torch.from_numpy(np.asarray(a)) for a in factors],
@@ -307,7 +307,7 @@ def _matrix(
     k: int,
     transpose: bool,
 ) -> torch.Tensor:
-    """:func:`scaled_tucker_matrix` of checked torch operands, unscaled."""
+    """:func:`lean_tucker_matrix` of checked torch operands, unscaled."""
     if core.requires_grad or any(a.requires_grad for a in factors):
         rows = math.prod(int(a.shape[1]) for a in factors[:k])
         m = apply_scaled_factors(core, vectors, factors).reshape(rows, -1)
