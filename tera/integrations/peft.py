@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import contextvars
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,11 +60,18 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from tera.adapters import BASE_ADAPTER, AdapterLinear, RowAdapters, TeRAConfig
+from tera.adapters.base import Adapter
 from tera.adapters.config import DEFAULT_TARGET_MODULES
 from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import linear_shape, module_weight
 from tera.adapters.registry import adapter_class
-from tera.errors import AdapterStateError, DependencyError, FingerprintError, LoadError
+from tera.errors import (
+    AdapterStateError,
+    BackendError,
+    DependencyError,
+    FingerprintError,
+    LoadError,
+)
 
 __all__ = ["TESTED_PEFT_VERSIONS", "TeraConfig", "TeraLayer", "TeraModel"]
 
@@ -92,7 +99,8 @@ def _check_peft_version(version: str) -> None:
         raise DependencyError(
             f"tera.integrations.peft was tested with PEFT {tested} but PEFT {version} is "
             f"installed; it extends PEFT's internals (the PeftType enum, the tuner interface), "
-            f"so it refuses to run on another release: pip install 'peft=={TESTED_PEFT_VERSIONS[-1]}'"
+            f"so it refuses to run on another release: "
+            f"pip install 'peft=={TESTED_PEFT_VERSIONS[-1]}'"
         )
 
 
@@ -128,7 +136,7 @@ TERA = _add_peft_type("TERA")
 
 @dataclass
 class TeraConfig(PeftConfig):
-    """PEFT configuration of a TeRA adapter (paper Eq. 5); the fields of :class:`~tera.adapters.TeRAConfig`.
+    """PEFT configuration of a TeRA adapter (paper Eq. 5), with tera's ``TeRAConfig`` fields.
 
     The TeRA fields (``in_mode``, ``out_mode``, ``in_modes``, ``out_modes``, ``ranks``,
     ``zero_init``, ``scale``, ``factors``, ``init``, ``seed``) mean exactly what they mean in
@@ -179,14 +187,15 @@ class TeraConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # type: ignore[no-untyped-call]
         self.peft_type = TERA
-        if isinstance(self.target_modules, set | tuple):
-            self.target_modules = sorted(self.target_modules)
+        given: Any = self.target_modules
+        if isinstance(given, set | tuple):
+            self.target_modules = sorted(given)
         self.to_tera()  # validates every TeRA field now, with tera's errors
 
     def to_tera(self) -> TeRAConfig:
-        """The same adapter as a :class:`tera.adapters.TeRAConfig` (for :func:`tera.adapters.adapt`).
+        """The same adapter as a :class:`tera.adapters.TeRAConfig` (for ``tera.adapters.adapt``).
 
         ``modules_to_save`` is left out: PEFT wraps those modules itself.
 
@@ -196,11 +205,14 @@ class TeraConfig(PeftConfig):
         >>> TeraConfig(in_mode=64, out_mode=4, target_modules=["q_proj"]).to_tera().target_modules
         ('q_proj',)
         """
-        targets = self.target_modules
-        if targets is None:
-            targets = list(DEFAULT_TARGET_MODULES)
-        elif not isinstance(targets, str):
-            targets = tuple(sorted(targets)) if isinstance(targets, set) else tuple(targets)
+        given: Any = self.target_modules  # PEFT may have made it a set since
+        targets: str | tuple[str, ...]
+        if given is None:
+            targets = DEFAULT_TARGET_MODULES
+        elif isinstance(given, str):
+            targets = given
+        else:
+            targets = tuple(sorted(given)) if isinstance(given, set) else tuple(given)
         return TeRAConfig(
             target_modules=targets,
             seed=self.seed,
@@ -227,6 +239,18 @@ def _run_rows(
     """
     out: torch.Tensor = layer._forward_rows(x, rows, *args, **kwargs)
     return out
+
+
+def _check_not_empty(adapter: Adapter, base_layer: nn.Module) -> None:
+    """Refuse d's created without memory (PEFT's ``low_cpu_mem_usage=True``) on a real layer."""
+    if module_weight(base_layer).is_meta:
+        return  # a model built on the meta device: tera's to_empty / reset path
+    if any(p.is_meta for p in adapter.parameters()):
+        raise BackendError(
+            "low_cpu_mem_usage=True creates the adapter without memory, but TeRA builds its "
+            "network against the frozen factors at once; its d's are a few kilobytes: load "
+            "without low_cpu_mem_usage"
+        )
 
 
 class TeraLayer(nn.Module, BaseTunerLayer):
@@ -265,8 +289,13 @@ class TeraLayer(nn.Module, BaseTunerLayer):
         shared = SharedFactors() if shared is None else shared
         tera_config = config.to_tera()
         adapter = self._build(tera_config, base_layer, layer_name, shared)
+        _check_not_empty(adapter, base_layer)
         engine = AdapterLinear(
-            base_layer, adapter, dropout=tera_config.dropout, shared=shared, adapter_name=adapter_name
+            base_layer,
+            adapter,
+            dropout=tera_config.dropout,
+            shared=shared,
+            adapter_name=adapter_name,
         )
         # the AdapterLinear is not a child: its modules are, under PEFT's names
         object.__setattr__(self, "_tera", engine)
@@ -282,7 +311,7 @@ class TeraLayer(nn.Module, BaseTunerLayer):
     @staticmethod
     def _build(
         config: TeRAConfig, base_layer: nn.Module, layer_name: str, shared: SharedFactors
-    ) -> nn.Module:
+    ) -> Adapter:
         in_f, out_f = linear_shape(base_layer, layer_name)
         cls = adapter_class(config)
         device = module_weight(base_layer).device
@@ -291,13 +320,14 @@ class TeraLayer(nn.Module, BaseTunerLayer):
     @property
     def engine(self) -> AdapterLinear:
         """The tera layer doing the work (it shares every module with this one)."""
-        engine: AdapterLinear = self._tera
+        engine: AdapterLinear = self.__dict__["_tera"]
         return engine
 
     def update_layer(self, adapter_name: str, config: TeraConfig, layer_name: str) -> None:
         """Add the adapter ``adapter_name`` (PEFT's name); it shares the layer's frozen factors."""
         tera_config = config.to_tera()
         adapter = self._build(tera_config, self.base_layer, layer_name, self.tera_factors)
+        _check_not_empty(adapter, self.base_layer)
         self.engine.add_adapter(adapter_name, adapter, tera_config.dropout)
 
     # -- PEFT's layer interface ---------------------------------------------------------------
@@ -412,7 +442,8 @@ def _factor_fingerprint(model: nn.Module, adapter_name: str) -> str | None:
     for _, layer in _tera_layers(model):
         if adapter_name in layer.tera_adapters:
             shared = layer.tera_factors
-            keys.update(layer.tera_adapters[adapter_name].factor_keys)
+            adapter: Adapter = layer.tera_adapters[adapter_name]  # type: ignore[assignment]
+            keys.update(adapter.factor_keys)
     return None if shared is None else shared.fingerprint(keys)
 
 
@@ -447,7 +478,9 @@ class TeraModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}  # noqa: RUF012 - PEFT's class attribute
     uses_shared_state: bool = False
 
-    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict[str, Any]) -> PeftConfig:
+    def _prepare_adapter_config(
+        self, peft_config: PeftConfig, model_config: dict[str, Any]
+    ) -> PeftConfig:
         if peft_config.target_modules is None:  # type: ignore[attr-defined]
             peft_config.target_modules = list(DEFAULT_TARGET_MODULES)  # type: ignore[attr-defined]
         return peft_config
@@ -466,7 +499,7 @@ class TeraModel(BaseTuner):
         target_name: str,
         parent: nn.Module,
         current_key: str,
-        **optional_kwargs: Any,
+        parameter_name: str | None = None,
     ) -> None:
         if not isinstance(peft_config, TeraConfig):
             raise TypeError(f"TeraModel adapts with a TeraConfig, got {type(peft_config).__name__}")
