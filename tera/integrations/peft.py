@@ -594,14 +594,20 @@ class TeraModel(BaseTuner):
         state_dict: dict[str, torch.Tensor],
         unwanted_adapter_names: list[str],
     ) -> dict[str, torch.Tensor]:
-        """PEFT's selection; records the frozen factors' fingerprint in the config being saved."""
+        """The adapter's d's in ``state_dict``; records the factors' fingerprint in ``config``.
+
+        Selected by their key (``.tera_adapters.<name>.``) rather than PEFT's walk over module
+        names, which misses layers inside nested FSDP1 units (``_fsdp_wrapped_module`` in the
+        middle of a name) and would write an empty adapter. Under FSDP a rank other than the
+        main one may hold an empty gathered state dict (``full_state_dict`` on rank 0 only): it
+        selects nothing and writes nothing, and a folder written without the d's is refused
+        when loaded.
+        """
         found = _factor_fingerprint(model, adapter_name)
         if found is not None and isinstance(config, TeraConfig):
             config.factor_fingerprint = found
-        out: dict[str, torch.Tensor] = super()._get_adapter_state_dict(
-            model, config, adapter_name, state_dict, unwanted_adapter_names
-        )
-        return out
+        marker = f".{ADAPTERS}.{adapter_name}."
+        return {k: v for k, v in state_dict.items() if marker in "." + k}
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
