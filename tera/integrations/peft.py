@@ -16,7 +16,7 @@ frozen factors, engine and Tucker kernel as :func:`tera.adapters.adapt`), so a P
 What this module relies on in PEFT (checked against the installed version at import, see
 :data:`TESTED_PEFT_VERSIONS`):
 
-* the ``PeftType`` enum, which has no public way to be extended: :func:`_add_peft_type` adds the
+* the ``PeftType`` enum, which has no public way to be extended: ``_add_peft_type`` adds the
   ``TERA`` member (the one place that touches PEFT's internals directly);
 * ``register_peft_method``, ``BaseTuner`` and ``BaseTunerLayer`` (the tuner interface every
   PEFT method implements), and three of ``BaseTuner``'s documented per-method state-dict hooks:
