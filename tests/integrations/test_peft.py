@@ -39,9 +39,8 @@ TARGETS = ["q_proj", "v_proj"]
 
 
 def _config(**extra) -> TeraConfig:
-    return TeraConfig(
-        in_mode=32, out_mode=2, target_modules=TARGETS, task_type="CAUSAL_LM", **extra
-    )
+    fields = {"in_mode": 32, "out_mode": 2, "target_modules": TARGETS, "task_type": "CAUSAL_LM"}
+    return TeraConfig(**{**fields, **extra})
 
 
 def _ids(seed: int = 1, rows: int = 3) -> torch.Tensor:
@@ -384,7 +383,7 @@ def test_concurrent_mixed_batches_do_not_mix(two_adapters):
         assert torch.equal(got[k], expected[k])
 
 
-def test_modules_to_save_follow_the_rows_of_a_mixed_batch():
+def test_modules_to_save_follow_the_rows_of_a_mixed_batch(tmp_path):
     # a small MLP whose head "2" is trained per adapter (PEFT's ModulesToSaveWrapper)
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -404,6 +403,13 @@ def test_modules_to_save_follow_the_rows_of_a_mixed_batch():
         torch.testing.assert_close(mixed[rows], model(x)[rows], atol=ATOL, rtol=RTOL)
     heads = {n for n, p in model.named_parameters() if p.requires_grad}
     assert heads and all("tera_adapters.b" in n or "modules_to_save.b" in n for n in heads)
+    # the heads are saved with their adapter and come back with it
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    fresh = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "b", adapter_name="b")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_delete_adapter_leaves_the_other(two_adapters):
@@ -416,3 +422,67 @@ def test_delete_adapter_leaves_the_other(two_adapters):
     layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
     assert list(layer.tera_adapters) == ["b"] and list(layer.engine.adapters) == ["b"]
     assert torch.equal(_logits(peft_model, ids), expected)
+
+
+# -- the rest of PEFT's interface ---------------------------------------------------------------
+def test_default_and_regex_targets():
+    model = get_peft_model(llama(), TeraConfig(in_mode=32, out_mode=2, target_modules=None))
+    names = {n for n, m in model.named_modules() if isinstance(m, TeraLayer)}
+    assert names and all(n.endswith(("q_proj", "v_proj")) for n in names)  # the paper's q and v
+    regex = TeraConfig(in_mode=32, out_mode=2, target_modules=r".*\.0\.self_attn\.q_proj")
+    assert regex.to_tera().target_modules == regex.target_modules
+    model = get_peft_model(llama(), regex)
+    names = [n for n, m in model.named_modules() if isinstance(m, TeraLayer)]
+    assert names == ["base_model.model.model.layers.0.self_attn.q_proj"]
+    with pytest.raises(TypeError, match="TeraConfig"):
+        model.base_model._create_and_replace(peft.LoraConfig(), "x", None, "q", None, "q")
+
+
+def test_an_adapter_on_other_layers_joins_untrained_and_saves_alone(tmp_path):
+    model = get_peft_model(llama(), _config(target_modules=["q_proj"]), adapter_name="a")
+    model.add_adapter("b", _config(target_modules=["v_proj"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".q_proj.tera_adapters.a." in n for n in trainable)
+    model.save_pretrained(tmp_path, selected_adapters=["b"])
+    keys = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert keys and all(".v_proj.tera_adapters.d." in k for k in keys)
+    loaded = PeftModel.from_pretrained(llama(), tmp_path / "b", adapter_name="b")
+    model.set_adapter("b")
+    ids = _ids()
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+    model.delete_adapter("b")  # v_proj layers held only "b"
+    assert all(not m.tera_adapters for n, m in model.named_modules() if n.endswith("v_proj"))
+
+
+def test_a_layer_takes_adapter_names_as_a_keyword(two_adapters):
+    _, peft_model = two_adapters
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mixed = layer(x, adapter_names=["b", "__base__"])
+        peft_model.set_adapter("b")
+        alone = layer(x)
+        base = layer.base_layer(x)
+    torch.testing.assert_close(mixed[0], alone[0], atol=ATOL, rtol=RTOL)
+    assert torch.equal(mixed[1], base[1])
+    with pytest.raises(AdapterStateError, match="merges one adapter"):
+        layer.merge(adapter_names=["a", "b"])
+
+
+def test_disabling_a_merged_model_unmerges_it(pair):
+    _, peft_model, _ = pair
+    ids = _ids()
+    with peft_model.disable_adapter():
+        base = _logits(peft_model, ids)
+    peft_model.merge_adapter()
+    with peft_model.disable_adapter():  # unmerging subtracts dW again: equal up to rounding
+        torch.testing.assert_close(_logits(peft_model, ids), base, atol=ATOL, rtol=RTOL)
+    assert not any(m.merged for m in peft_model.modules() if isinstance(m, TeraLayer))
+
+
+def test_a_model_on_the_meta_device_gets_its_adapter_without_memory():
+    with torch.device("meta"):
+        base = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = get_peft_model(base, TeraConfig(in_mode=4, out_mode=4, target_modules=["0"]))
+    ds = [p for n, p in model.named_parameters() if "tera_adapters" in n]
+    assert ds and all(p.is_meta for p in ds)
