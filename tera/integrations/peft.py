@@ -529,7 +529,9 @@ class TeraModel(BaseTuner):
         The routing travels in a context variable (per thread and per asyncio task), never on
         the shared modules, so concurrent calls with different batches do not mix. PEFT's
         ``modules_to_save`` wrappers read ``adapter_names`` from their forward's keywords: they
-        get it from a forward pre-hook, as PEFT gives it to them.
+        get it from a forward pre-hook, as PEFT gives it to them (a hook on the shared module
+        for the duration of the call: with such wrappers, concurrent mixed batches are not
+        safe, as in PEFT).
         """
         names = kwargs.pop("adapter_names", None)
         if names is None:
