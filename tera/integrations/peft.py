@@ -51,13 +51,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import peft
 import torch
+from torch import nn
+
+from tera.errors import DependencyError
+
+try:
+    import peft
+except ImportError:
+    raise DependencyError(
+        "tera.integrations.peft needs Hugging Face PEFT: pip install 'tera[peft]'"
+    ) from None
 from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
 from peft.utils.other import AuxiliaryTrainingWrapper
-from torch import nn
 
 from tera.adapters import BASE_ADAPTER, AdapterLinear, RowAdapters, TeRAConfig
 from tera.adapters.base import Adapter
@@ -65,13 +73,7 @@ from tera.adapters.config import DEFAULT_TARGET_MODULES
 from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import linear_shape, module_weight
 from tera.adapters.registry import adapter_class
-from tera.errors import (
-    AdapterStateError,
-    BackendError,
-    DependencyError,
-    FingerprintError,
-    LoadError,
-)
+from tera.errors import AdapterStateError, BackendError, FingerprintError, LoadError
 
 __all__ = ["TESTED_PEFT_VERSIONS", "TeraConfig", "TeraLayer", "TeraModel"]
 

@@ -9,7 +9,9 @@ order only: those use ``common.ATOL`` (1e-5, see tests/adapters/common.py).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import threading
 
 import peft
@@ -104,6 +106,15 @@ def test_an_untested_peft_is_refused_with_our_error():
     with pytest.raises(DependencyError, match=r"PEFT 0\.99\.0 is installed.*pip install"):
         tera_peft._check_peft_version("0.99.0")
     assert issubclass(DependencyError, ImportError)
+
+
+def test_without_peft_the_import_says_what_to_install(monkeypatch):
+    # the module's file run under another name, with PEFT hidden: it stops at `import peft`,
+    # before touching anything of PEFT's
+    monkeypatch.setitem(sys.modules, "peft", None)
+    spec = importlib.util.spec_from_file_location("tera_peft_without_peft", tera_peft.__file__)
+    with pytest.raises(DependencyError, match=r"pip install 'tera\[peft\]'"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 def test_the_config_validates_with_teras_errors_and_round_trips(tmp_path):
