@@ -21,9 +21,9 @@ What this module relies on in PEFT (checked against the installed version at imp
 * ``register_peft_method``, ``BaseTuner`` and ``BaseTunerLayer`` (the tuner interface every
   PEFT method implements), and three of ``BaseTuner``'s documented per-method state-dict hooks:
   ``_remove_adapter_name_from_key`` (our keys are ``<layer>.tera_adapters.<name>.d.<i>``),
-  ``_get_adapter_state_dict`` (records the frozen factors' fingerprint in the config when
-  saving) and ``_remap_adapter_state_dict_for_load`` (refuses a checkpoint with missing,
-  mis-shaped or non-finite d's, or other frozen factors, where PEFT would only warn);
+  ``_get_adapter_state_dict`` (selects the d's and adds the frozen factors' fingerprint,
+  :data:`FINGERPRINT`) and ``_remap_adapter_state_dict_for_load`` (refuses a checkpoint with
+  missing, mis-shaped or non-finite d's, or other frozen factors, where PEFT would only warn);
 * ``_enable_peft_forward_hooks``, the context ``PeftModel.forward`` / ``generate`` open around a
   call with ``adapter_names=``; and ``AuxiliaryTrainingWrapper`` (``modules_to_save``), whose
   forward takes ``adapter_names`` as a keyword, delivered by a forward pre-hook as PEFT does.
@@ -75,7 +75,7 @@ from tera.adapters.layer import linear_shape, module_weight
 from tera.adapters.registry import adapter_class
 from tera.errors import AdapterStateError, BackendError, FingerprintError, LoadError
 
-__all__ = ["TESTED_PEFT_VERSIONS", "TeraConfig", "TeraLayer", "TeraModel"]
+__all__ = ["FINGERPRINT", "TESTED_PEFT_VERSIONS", "TeraConfig", "TeraLayer", "TeraModel"]
 
 TESTED_PEFT_VERSIONS: tuple[str, ...] = ("0.21.2",)
 """PEFT releases this integration was tested with; any other is refused at import.
@@ -87,6 +87,13 @@ internals change between releases: an untested PEFT raises
 
 ADAPTERS = "tera_adapters"
 """The attribute of a :class:`TeraLayer` holding its TeRA adapters (a ``ModuleDict`` by name)."""
+
+FINGERPRINT = "tera_factor_fingerprint"
+"""The key of the frozen factors' SHA-256 (32 ``uint8``) in a saved adapter's weights.
+
+It travels with the d's it belongs to, so every way PEFT loads them (``from_pretrained``,
+``load_adapter``, a ``Trainer`` resuming from a checkpoint into a fresh process) checks it.
+"""
 
 _ROWS: contextvars.ContextVar[RowAdapters | None] = contextvars.ContextVar(
     "tera_peft_rows", default=None
@@ -155,9 +162,6 @@ class TeraConfig(PeftConfig):
         Modules (e.g. a new head) trained and saved with the adapter (PEFT's wrappers).
     tera_dropout : float
         Dropout on the adapter's input (tera's ``dropout``).
-    factor_fingerprint : str, optional
-        SHA-256 of the frozen factors the adapter was trained with; written by
-        ``save_pretrained`` and checked when the adapter is loaded. Leave it ``None``.
 
     Examples
     --------
@@ -184,9 +188,6 @@ class TeraConfig(PeftConfig):
     init: str = field(default="normalized", metadata={"help": "normalized | paper"})
     seed: int = field(default=0, metadata={"help": "Seed of the frozen factors."})
     tera_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
-    factor_fingerprint: str | None = field(
-        default=None, metadata={"help": "Written on save, checked on load; leave None."}
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[no-untyped-call]
@@ -243,6 +244,15 @@ def _run_rows(
     return out
 
 
+def _check_adapter_name(name: object) -> None:
+    """Refuse adapter names a TeRA layer cannot hold or a mixed batch could not tell apart."""
+    if not isinstance(name, str) or not name or "." in name or name == BASE_ADAPTER:
+        raise AdapterStateError(
+            f"adapter_name must be a non-empty string without dots, other than "
+            f"{BASE_ADAPTER!r} (which names the base model in mixed batches); got {name!r}"
+        )
+
+
 def _check_not_empty(adapter: Adapter, base_layer: nn.Module) -> None:
     """Refuse d's created without memory (PEFT's ``low_cpu_mem_usage=True``) on a real layer."""
     if module_weight(base_layer).is_meta:
@@ -288,6 +298,7 @@ class TeraLayer(nn.Module, BaseTunerLayer):
         shared: SharedFactors | None = None,
     ) -> None:
         super().__init__()
+        _check_adapter_name(adapter_name)
         shared = SharedFactors() if shared is None else shared
         tera_config = config.to_tera()
         adapter = self._build(tera_config, base_layer, layer_name, shared)
@@ -327,6 +338,7 @@ class TeraLayer(nn.Module, BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: TeraConfig, layer_name: str) -> None:
         """Add the adapter ``adapter_name`` (PEFT's name); it shares the layer's frozen factors."""
+        _check_adapter_name(adapter_name)
         tera_config = config.to_tera()
         adapter = self._build(tera_config, self.base_layer, layer_name, self.tera_factors)
         _check_not_empty(adapter, self.base_layer)
@@ -447,6 +459,18 @@ def _factor_fingerprint(model: nn.Module, adapter_name: str) -> str | None:
             adapter: Adapter = layer.tera_adapters[adapter_name]  # type: ignore[assignment]
             keys.update(adapter.factor_keys)
     return None if shared is None else shared.fingerprint(keys)
+
+
+def _saved_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """The factors' fingerprint a checkpoint carries (:data:`FINGERPRINT`), as hex."""
+    found = [v for k, v in state_dict.items() if k.endswith(FINGERPRINT)]
+    if len(found) != 1 or found[0].dtype != torch.uint8 or tuple(found[0].shape) != (32,):
+        raise FingerprintError(
+            f"the TeRA checkpoint carries no readable '{FINGERPRINT}' (32 uint8), so its frozen "
+            "factors cannot be checked against those the d's were trained with; save the "
+            "adapter with PeftModel.save_pretrained, which writes it"
+        )
+    return bytes(found[0].tolist()).hex()
 
 
 def _adapter_names_pre_forward_hook(
@@ -598,20 +622,23 @@ class TeraModel(BaseTuner):
         state_dict: dict[str, torch.Tensor],
         unwanted_adapter_names: list[str],
     ) -> dict[str, torch.Tensor]:
-        """The adapter's d's in ``state_dict``; records the factors' fingerprint in ``config``.
+        """The adapter's d's in ``state_dict``, and the fingerprint of its frozen factors.
 
         Selected by their key (``.tera_adapters.<name>.``) rather than PEFT's walk over module
         names, which misses layers inside nested FSDP1 units (``_fsdp_wrapped_module`` in the
         middle of a name) and would write an empty adapter. Under FSDP a rank other than the
         main one may hold an empty gathered state dict (``full_state_dict`` on rank 0 only): it
-        selects nothing and writes nothing, and a folder written without the d's is refused
-        when loaded.
+        selects no d and writes nothing, and a folder written without the d's is refused when
+        loaded. The fingerprint is :data:`FINGERPRINT` (with the adapter's name, which PEFT
+        removes before writing).
         """
-        found = _factor_fingerprint(model, adapter_name)
-        if found is not None and isinstance(config, TeraConfig):
-            config.factor_fingerprint = found
         marker = f".{ADAPTERS}.{adapter_name}."
-        return {k: v for k, v in state_dict.items() if marker in "." + k}
+        selected = {k: v for k, v in state_dict.items() if marker in "." + k}
+        found = _factor_fingerprint(model, adapter_name)
+        if found is not None:
+            digest = torch.tensor(list(bytes.fromhex(found)), dtype=torch.uint8)
+            selected[f"{FINGERPRINT}.{adapter_name}"] = digest
+        return selected
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
@@ -631,8 +658,17 @@ class TeraModel(BaseTuner):
         FingerprintError
             The frozen factors regenerated here differ from those the adapter was saved with.
         """
+        saved = _saved_fingerprint(state_dict)
+        found = _factor_fingerprint(model, adapter_name)
+        if found != saved:
+            raise FingerprintError(
+                f"the frozen factors regenerated from seed {getattr(config, 'seed', '?')} do not "
+                f"match those the adapter was saved with ({str(found)[:12]}... vs "
+                f"{saved[:12]}...): loading would give a different model"
+            )
+        rest = {k: v for k, v in state_dict.items() if not k.endswith(FINGERPRINT)}
         remapped: dict[str, torch.Tensor] = super()._remap_adapter_state_dict_for_load(
-            model, config, adapter_name, state_dict
+            model, config, adapter_name, rest
         )
         marker = f".{ADAPTERS}.{adapter_name}."
         here = {k: v for k, v in model.state_dict().items() if marker in "." + k}
@@ -653,20 +689,6 @@ class TeraModel(BaseTuner):
                 )
             if not torch.isfinite(value).all():
                 raise LoadError(f"tensor '{key}' in the checkpoint holds NaN or inf values")
-        saved = getattr(config, "factor_fingerprint", None)
-        found = _factor_fingerprint(model, adapter_name)
-        if saved is None:
-            raise FingerprintError(
-                "the TeRA config carries no factor_fingerprint, so the frozen factors cannot be "
-                "checked against those the d's were trained with; save the adapter with "
-                "PeftModel.save_pretrained (which records it)"
-            )
-        if saved != found:
-            raise FingerprintError(
-                f"the frozen factors regenerated from seed {getattr(config, 'seed', '?')} do not "
-                f"match those the adapter was saved with ({str(found)[:12]}... vs "
-                f"{saved[:12]}...): loading would give a different model"
-            )
         return remapped
 
 

@@ -200,9 +200,10 @@ def test_save_pretrained_and_from_pretrained_round_trip(pair, tmp_path):
     peft_model.save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
     assert meta["peft_type"] == "TERA" and meta["in_mode"] == 32
-    assert meta["factor_fingerprint"] == tera_peft._factor_fingerprint(peft_model, "default")
-    keys = sorted(load_file(tmp_path / "adapter_model.safetensors"))
-    assert len(keys) == 22 and all(".tera_adapters.d." in k for k in keys)  # no adapter name
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    digest = tensors.pop(tera_peft.FINGERPRINT)
+    assert bytes(digest.tolist()).hex() == tera_peft._factor_fingerprint(peft_model, "default")
+    assert len(tensors) == 22 and all(".tera_adapters.d." in k for k in tensors)  # no name
     loaded = PeftModel.from_pretrained(llama(), tmp_path)
     assert isinstance(loaded.base_model, TeraModel)
     assert torch.equal(_logits(loaded, ids), expected)
@@ -220,15 +221,15 @@ def _saved(peft_model, tmp_path):
 
 def test_loading_refuses_other_factors(pair, tmp_path):
     _, peft_model, _ = pair
-    _, config_file = _saved(peft_model, tmp_path)
-    meta = json.loads(config_file.read_text())
-    meta["factor_fingerprint"] = "0" * 64
-    config_file.write_text(json.dumps(meta))
+    weights, _ = _saved(peft_model, tmp_path)
+    good = load_file(weights)
+    other = good[tera_peft.FINGERPRINT].clone()
+    other[0] ^= 1  # the fingerprint of other factors
+    save_file({**good, tera_peft.FINGERPRINT: other}, weights)
     with pytest.raises(FingerprintError, match="regenerated from seed 0"):
         PeftModel.from_pretrained(llama(), tmp_path)
-    del meta["factor_fingerprint"]
-    config_file.write_text(json.dumps(meta))
-    with pytest.raises(FingerprintError, match="no factor_fingerprint"):
+    save_file({k: v for k, v in good.items() if k != tera_peft.FINGERPRINT}, weights)
+    with pytest.raises(FingerprintError, match="no readable"):
         PeftModel.from_pretrained(llama(), tmp_path)
 
 
@@ -236,7 +237,7 @@ def test_loading_refuses_non_finite_missing_or_mis_shaped_ds(pair, tmp_path):
     _, peft_model, _ = pair
     weights, _ = _saved(peft_model, tmp_path)
     good = load_file(weights)
-    first = sorted(good)[0]
+    first = sorted(k for k in good if ".tera_adapters." in k)[0]
     save_file({**good, first: torch.full_like(good[first], float("nan"))}, weights)
     with pytest.raises(LoadError, match="NaN or inf"):
         PeftModel.from_pretrained(llama(), tmp_path)
@@ -353,6 +354,12 @@ def test_bad_adapter_names_get_our_errors(two_adapters):
         peft_model(input_ids=ids, adapter_names=["a", "nobody"])
     with pytest.raises(AdapterStateError, match="one per row"):
         peft_model(input_ids=ids, adapter_names="a")
+    for bad in ("x.y", "__base__"):
+        with pytest.raises(AdapterStateError, match="adapter_name must be"):
+            peft_model.add_adapter(bad, _config())
+        assert bad not in peft_model.peft_config  # PEFT rolled the config back
+    with pytest.raises(AdapterStateError, match="adapter_name must be"):
+        get_peft_model(llama(), _config(), adapter_name="__base__")
     with pytest.raises(AdapterStateError, match="one active adapter"):
         peft_model.base_model.set_adapter(["a", "b"])
     with pytest.raises(AdapterStateError, match="one active adapter"):
@@ -455,7 +462,7 @@ def test_an_adapter_on_other_layers_joins_untrained_and_saves_alone(tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".q_proj.tera_adapters.a." in n for n in trainable)
     model.save_pretrained(tmp_path, selected_adapters=["b"])
-    keys = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    keys = set(load_file(tmp_path / "b" / "adapter_model.safetensors")) - {tera_peft.FINGERPRINT}
     assert keys and all(".v_proj.tera_adapters.d." in k for k in keys)
     loaded = PeftModel.from_pretrained(llama(), tmp_path / "b", adapter_name="b")
     model.set_adapter("b")

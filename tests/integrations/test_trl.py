@@ -49,23 +49,24 @@ def _config() -> TeraConfig:
     )
 
 
-def _train(model, out, **extra) -> SFTTrainer:
-    args = SFTConfig(
-        output_dir=str(out),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=5e-2,
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
+def _train(model, out, settings=None, resume=None, **extra) -> SFTTrainer:
+    defaults = {
+        "output_dir": str(out),
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 5e-2,
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": [],
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    args = SFTConfig(**{**defaults, **(settings or {})})
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=_dataset(), processing_class=_tokenizer(), **extra
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 
@@ -148,3 +149,25 @@ def test_both_routes_reach_the_same_ds(peft_route, adapt_route):
     for name, p in tera_model.adapter_parameters():
         layer, _, param = name.partition(".adapter.")
         assert torch.equal(peft_ds[f"base_model.model.{layer}.tera_adapters.default.{param}"], p)
+
+
+def test_resuming_from_a_checkpoint_in_a_fresh_model_reaches_the_same_ds(tmp_path):
+    # The Trainer reloads the checkpoint's d's into a new PEFT model with PEFT's load_adapter;
+    # the fingerprint travels in the weights file, so the factors are checked there too. The
+    # optimizer, scheduler and RNG states come back with it: the same arithmetic, exact.
+    settings = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+    full = _train(
+        llama(vocab_size=VOCAB).train(), tmp_path / "full", settings, peft_config=_config()
+    )
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    resumed = _train(
+        llama(vocab_size=VOCAB).train(),
+        tmp_path / "resumed",
+        settings,
+        resume=str(checkpoint),
+        peft_config=_config(),
+    )
+    assert resumed.state.global_step == 4
+    want = {n: p for n, p in full.model.named_parameters() if ".tera_adapters." in n}
+    got = dict(resumed.model.named_parameters())
+    assert len(want) == 22 and all(torch.equal(got[n], p) for n, p in want.items())
