@@ -292,11 +292,19 @@ def test_merge_adapter_and_unmerge_adapter(pair):
     torch.testing.assert_close(weight, original, atol=ATOL, rtol=RTOL)
     with pytest.warns(UserWarning, match="Already unmerged"):
         peft_model.base_model.model.model.layers[0].self_attn.q_proj.unmerge()
+    with peft_model.disable_adapter():
+        base = _logits(peft_model, ids)
+    plain = peft_model.unload()  # PEFT's unload: the base layers back, unmerged
+    assert not any(isinstance(m, TeraLayer) for m in plain.modules())
+    assert torch.equal(_logits(plain, ids), base)
+
+    broken = get_peft_model(llama(), _config())
     with torch.no_grad():
-        q = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+        q = broken.base_model.model.model.layers[0].self_attn.q_proj
         q.tera_adapters["default"].d[0].fill_(float("inf"))
+        q.tera_adapters["default"].d[-1].fill_(1.0)
     with pytest.raises(MergeError):
-        peft_model.merge_adapter()
+        broken.merge_adapter()
 
 
 # -- several adapters and mixed batches ---------------------------------------------------------
