@@ -512,3 +512,22 @@ def test_a_model_on_the_meta_device_gets_its_adapter_without_memory():
     model = get_peft_model(base, TeraConfig(in_mode=4, out_mode=4, target_modules=["0"]))
     ds = [p for n, p in model.named_parameters() if "tera_adapters" in n]
     assert ds and all(p.is_meta for p in ds)
+
+
+def test_a_deep_copy_is_an_independent_model(pair):
+    # TRL copies a policy into its reference model with copy.deepcopy: the engine each TeRA
+    # layer keeps beside its registered modules must follow the copy, not the original
+    import copy
+
+    _, peft_model, _ = pair
+    ids = _ids()
+    twin = copy.deepcopy(peft_model)
+    layer = twin.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.engine.base_layer is layer.base_layer
+    assert layer.engine.adapters is layer.tera_adapters
+    assert torch.equal(_logits(twin, ids), _logits(peft_model, ids))
+    with torch.no_grad():
+        layer.tera_adapters["default"].d[-1].zero_()
+    original = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert bool(original.tera_adapters["default"].d[-1].abs().sum() > 0)
+    assert not torch.equal(_logits(twin, ids), _logits(peft_model, ids))
