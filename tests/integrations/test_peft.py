@@ -9,6 +9,7 @@ order only: those use ``common.ATOL`` (1e-5, see tests/adapters/common.py).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -517,8 +518,6 @@ def test_a_model_on_the_meta_device_gets_its_adapter_without_memory():
 def test_a_deep_copy_is_an_independent_model(pair):
     # TRL copies a policy into its reference model with copy.deepcopy: the engine each TeRA
     # layer keeps beside its registered modules must follow the copy, not the original
-    import copy
-
     _, peft_model, _ = pair
     ids = _ids()
     twin = copy.deepcopy(peft_model)
