@@ -43,7 +43,6 @@ trainable params: 48 || all params: 3,680 || trainable%: 1.3043
 
 from __future__ import annotations
 
-import contextvars
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +68,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 
 from tera.adapters import BASE_ADAPTER, AdapterLinear, RowAdapters, TeRAConfig
 from tera.adapters.base import Adapter
+from tera.adapters.batch import RowRouter, route
 from tera.adapters.config import DEFAULT_TARGET_MODULES
 from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import linear_shape, module_weight
@@ -94,11 +94,6 @@ FINGERPRINT = "tera_factor_fingerprint"
 It travels with the d's it belongs to, so every way PEFT loads them (``from_pretrained``,
 ``load_adapter``, a ``Trainer`` resuming from a checkpoint into a fresh process) checks it.
 """
-
-_ROWS: contextvars.ContextVar[RowAdapters | None] = contextvars.ContextVar(
-    "tera_peft_rows", default=None
-)
-"""The mixed batch of the call in progress (per thread and task: concurrent calls never mix)."""
 
 
 def _check_peft_version(version: str) -> None:
@@ -230,18 +225,6 @@ class TeraConfig(PeftConfig):
             factors=self.factors,
             init=self.init,
         )
-
-
-def _run_rows(
-    layer: AdapterLinear, x: torch.Tensor, rows: RowAdapters, args: Any, kwargs: Any
-) -> torch.Tensor:
-    """Row ``b`` of ``x`` through the adapter ``rows`` names for it, routed per call.
-
-    tera's mixed-batch evaluation (adapters of one bank in one pass) with the routing passed
-    in, not left on the module; the one call of a private ``AdapterLinear`` method here.
-    """
-    out: torch.Tensor = layer._forward_rows(x, rows, *args, **kwargs)
-    return out
 
 
 def _check_adapter_name(name: object) -> None:
@@ -423,7 +406,7 @@ class TeraLayer(nn.Module, BaseTunerLayer):
 
         ``adapter_names`` is a list with one name per row (``"__base__"`` for none) or a
         :class:`~tera.adapters.RowAdapters`; inside ``PeftModel.forward(..., adapter_names=...)``
-        it comes from the call's context.
+        it comes from the call's context (:func:`tera.adapters.batch.route`).
         """
         names = kwargs.pop("adapter_names", None)
         if self.disable_adapters:
@@ -431,13 +414,17 @@ class TeraLayer(nn.Module, BaseTunerLayer):
                 self.unmerge()
             out: torch.Tensor = self.base_layer(x, *args, **kwargs)
             return out
-        rows = _ROWS.get() if names is None else names
-        if rows is not None:
-            if not isinstance(rows, RowAdapters):
-                rows = RowAdapters.from_names(list(rows))
-            return _run_rows(self.engine, x, rows, args, kwargs)
+        if names is not None:
+            rows = names if isinstance(names, RowAdapters) else RowAdapters.from_names(list(names))
+            return RowRouter(rows).forward(self.engine, x, *args, **kwargs)
+        # the engine follows the routing of the call in progress (tera.adapters.batch.route)
         result: torch.Tensor = self.engine(x, *args, **kwargs)
         return result
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TeraLayer:
+        # the engine is not a child: what it derived from the adapters goes stale with them
+        self.engine.bank_cache.clear()
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return, no-untyped-call]
 
     def __repr__(self) -> str:
         return "tera." + super().__repr__()
@@ -552,8 +539,9 @@ class TeraModel(BaseTuner):
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         """Route the call's rows to their adapters (PEFT's ``adapter_names=``), for this call only.
 
-        The routing travels in a context variable (per thread and per asyncio task), never on
-        the shared modules, so concurrent calls with different batches do not mix. PEFT's
+        tera's :func:`~tera.adapters.batch.route` carries the routing in a context variable
+        (per thread and per asyncio task), never on the shared modules, so concurrent calls
+        with different batches do not mix. PEFT's
         ``modules_to_save`` wrappers read ``adapter_names`` from their forward's keywords: they
         get it from a forward pre-hook, as PEFT gives it to them (a hook on the shared module
         for the duration of the call: with such wrappers, concurrent mixed batches are not
@@ -568,40 +556,25 @@ class TeraModel(BaseTuner):
                 "adapter_names= routes the rows of an inference batch; call model.eval() first "
                 "(PEFT refuses it in training mode too)"
             )
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-            raise AdapterStateError(
-                f"adapter_names must be a list of adapter names, one per row, got {names!r}"
-            )
-        layers = [layer for _, layer in _tera_layers(self.model)]
-        known = {n for layer in layers for n in layer.tera_adapters}
-        unknown = sorted({n for n in names if n != BASE_ADAPTER and n not in known})
-        if unknown:
-            raise AdapterStateError(
-                f"adapter_names names {unknown}, which this model does not hold; it holds "
-                f"{sorted(known)} (and {BASE_ADAPTER!r} gives the base model)"
-            )
-        if any(layer.merged for layer in layers):
-            raise AdapterStateError(
-                "a merged model cannot serve a mixed batch (its weights hold one adapter); "
-                "call unmerge_adapter() first"
-            )
-        names = list(names)
-        beams = kwargs.get("num_beams")
-        aux_names = [n for n in names for _ in range(beams)] if isinstance(beams, int) else names
-        handles = [
-            module.register_forward_pre_hook(
-                partial(_adapter_names_pre_forward_hook, adapter_names=aux_names), with_kwargs=True
-            )
-            for module in self.model.modules()
-            if isinstance(module, AuxiliaryTrainingWrapper)
-        ]
-        token = _ROWS.set(RowAdapters.from_names(names))
-        try:
-            yield
-        finally:
-            _ROWS.reset(token)
-            for handle in handles:
-                handle.remove()
+        layers = [layer.engine for _, layer in _tera_layers(self.model)]
+        known = sorted({n for layer in layers for n in layer.adapters})
+        first = next(iter(args), kwargs.get("input_ids", kwargs.get("inputs_embeds")))
+        with route(names, layers, known, first):  # checks the names, rows and merged state
+            names = list(names)
+            beams = kwargs.get("num_beams")
+            aux = [n for n in names for _ in range(beams)] if isinstance(beams, int) else names
+            handles = [
+                module.register_forward_pre_hook(
+                    partial(_adapter_names_pre_forward_hook, adapter_names=aux), with_kwargs=True
+                )
+                for module in self.model.modules()
+                if isinstance(module, AuxiliaryTrainingWrapper)
+            ]
+            try:
+                yield
+            finally:
+                for handle in handles:
+                    handle.remove()
 
     # -- saving and loading: PEFT's per-method state-dict hooks -------------------------------
     @classmethod
