@@ -194,6 +194,20 @@ class _ScaledTucker(torch.autograd.Function):
         ctx.save_for_backward(core, *tensors)
         ctx.k, ctx.transpose = k, transpose
         ctx.precision = precision()  # the backward runs with the same
+        # in the operands' dtype (float32 at least) even under autocast: the engine's policy
+        with torch.autocast(core.device.type, enabled=False):
+            return _ScaledTucker._forward(ctx, core, vectors, factors, k, transpose)
+
+    @staticmethod
+    def _forward(
+        ctx: Any,
+        core: torch.Tensor,
+        vectors: Sequence[torch.Tensor],
+        factors: Sequence[torch.Tensor],
+        k: int,
+        transpose: bool,
+    ) -> torch.Tensor:
+        n = core.ndim
         if transpose:
             order = list(range(k, n)) + list(range(k))
             ctx.permuted_core = _permuted(core, order)
@@ -215,6 +229,7 @@ class _ScaledTucker(torch.autograd.Function):
         core, *tensors = ctx.saved_tensors
         n = core.ndim
         vectors, factors = tensors[:n], tensors[n:]
+        grad = grad.to(core.dtype)  # a consumer under autocast may send a half gradient
         order = list(range(n))
         if ctx.transpose:
             if grad.is_contiguous():  # the tensor with the column modes first

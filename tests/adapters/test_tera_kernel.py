@@ -126,3 +126,29 @@ def test_the_kernel_works_when_the_user_set_the_new_precision_api():
         assert all(v.grad is not None for v in d)
     finally:
         matmul.fp32_precision = old
+
+
+def test_materialized_training_under_bf16_autocast_keeps_float32_and_its_gradients():
+    """TRL and Trainer(bf16=True) run the forward under autocast: dW stays float32 (the
+    engine's policy) and the d's get the float32 model's gradients up to bf16 rounding of
+    the activations (relative 2e-2: bf16 has 8 bits of mantissa, the layer sums 64 terms)."""
+    from torch import nn
+
+    from tera.adapters import TeRAConfig, adapt
+
+    def grads(autocast: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = adapt(
+            nn.Sequential(nn.Linear(64, 64)),
+            TeRAConfig(in_mode=8, out_mode=4, target_modules=["0"]),
+        )
+        model.set_engine_path("materialize")
+        x = torch.randn(16, 64)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            y = model(x)
+        y.float().square().sum().backward()
+        return [p.grad.clone() for _, p in model.adapter_parameters()]
+
+    for got, want in zip(grads(True), grads(False), strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
