@@ -962,17 +962,18 @@ class AdaptedModel(nn.Module):
         names = self.adapter_names if selected_adapters is None else list(selected_adapters)
         for name in names:
             self._require(name)
+        folders: dict[str, io.Folder] = {}  # all adapters written as one atomic save
         for name in names:
-            target = FsPath(directory) if name == "default" else FsPath(directory) / name
             if format == "peft":
                 meta, state = self._adapter_meta(True, name), self._adapter_state(True, name)
-                peft_format.write_peft(target, meta, state)
+                folders[io.adapter_folder(name)] = peft_format.peft_folder(meta, state)
                 continue
             # factors replaced since they were generated (a PEFT VeRA's projections) cannot
             # be regenerated from the seed: they are always saved
             keep = include_factors or self.shared_factors.replaced(self._factor_keys(name))
             meta = self._adapter_meta(keep, name)
-            io.write_adapter(target, meta, self._adapter_state(keep, name))
+            folders[io.adapter_folder(name)] = io.tera_folder(meta, self._adapter_state(keep, name))
+        io.write_folders(directory, folders)
 
     @classmethod
     def from_pretrained(
@@ -1165,7 +1166,7 @@ def _read_adapter(
     """The meta and tensors of an adapter folder, tera's format or PEFT's (``peft_format``)."""
     if peft_format.is_peft_folder(directory):  # PEFT interop: read as tera's meta and tensors
         return peft_format.read_peft(directory, _plain_view(model))
-    return io.read_meta(directory), io.read_tensors(directory)
+    return io.read_adapter(directory)
 
 
 def _plain_view(model: nn.Module) -> nn.Module:

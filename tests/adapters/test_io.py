@@ -1,9 +1,10 @@
-"""Saving is all or nothing: a failure at any point of a save leaves the old adapter intact.
+"""Saving is all or nothing: a failure at any point of a save leaves one whole version.
 
-``save_pretrained`` writes ``adapter_model.safetensors`` and ``adapter_config.json`` to
-temporary names, then renames both into place, rolling back the first rename if the
-second fails. Each test makes one step fail and checks that the directory holds the bytes
-of the previous save, still loads to the previous outputs, and has no temporary files.
+``save_pretrained`` stages every new file in a hidden folder, commits with one rename (the
+journal), then moves the staged files into place (:mod:`tera.adapters.atomic`). Each test
+makes one step fail and checks what the folder then holds: before the commit, the bytes
+of the previous save (and no litter); after it, the new save (read through the journal,
+finished by the next save). Real kills are in test_atomic_save.py.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ import pytest
 import torch
 
 from tera.adapters import adapt, from_pretrained
+from tera.adapters.atomic import JOURNAL
+from tera.errors import SaveError
 from tests.adapters.common import inputs, llama, make_config, randomize_adapter, run
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {p: (directory / p).read_bytes() for p in sorted(os.listdir(directory))}
+    """Every file below ``directory`` (hidden ones included) -> its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -32,34 +40,56 @@ def saved(tmp_path):
     return model, _snapshot(tmp_path), expected
 
 
+def _outputs(directory: Path) -> torch.Tensor:
+    return run(from_pretrained(llama(), directory), "llama", inputs("llama"))
+
+
 def _assert_old_adapter_intact(directory: Path, before: dict[str, bytes], expected) -> None:
-    assert _snapshot(directory) == before  # same bytes, and no .tmp / .bak files left
-    loaded = from_pretrained(llama(), directory)
-    assert torch.equal(run(loaded, "llama", inputs("llama")), expected)
+    assert _snapshot(directory) == before  # same bytes, and no staging or journal left
+    assert sorted(os.listdir(directory)) == sorted(before)
+    assert torch.equal(_outputs(directory), expected)
 
 
-def _crash_on_second_rename(monkeypatch) -> list[str]:
-    """Make a save's second ``os.replace`` raise; returns the names it was asked to rename."""
+def _fail_replace(monkeypatch, which: int) -> list[str]:
+    """Make the save's ``which``-th ``os.replace`` raise; returns the names it was given."""
     real_replace = os.replace
     calls: list[str] = []
 
     def replace(src, dst):
         calls.append(Path(dst).name)
-        if len(calls) == 2:  # the weights are already in place; the config rename fails
-            raise OSError("simulated crash between the two renames")
+        if len(calls) == which:
+            raise OSError("simulated failure of a rename")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("tera.adapters.io.os.replace", replace)
+    monkeypatch.setattr("tera.adapters.atomic.os.replace", replace)
     return calls
 
 
-def test_failing_second_rename_rolls_back_the_first(saved, tmp_path, monkeypatch):
+def test_a_failing_commit_keeps_the_old_adapter(saved, tmp_path, monkeypatch):
     model, before, expected = saved
-    calls = _crash_on_second_rename(monkeypatch)
-    with pytest.raises(OSError, match="simulated crash"):
+    calls = _fail_replace(monkeypatch, 1)
+    with pytest.raises(SaveError, match=rf"cannot save into {tmp_path} .*simulated failure"):
         model.save_pretrained(tmp_path)
-    assert calls[:2] == ["adapter_model.safetensors", "adapter_config.json"]
+    assert calls == [JOURNAL]  # the commit: nothing was moved
+    monkeypatch.undo()
     _assert_old_adapter_intact(tmp_path, before, expected)
+
+
+def test_a_failing_move_after_the_commit_keeps_the_new_adapter(saved, tmp_path, monkeypatch):
+    """Past the commit the new version is the folder's: read through the journal, finished
+    by the next save."""
+    model, before, _ = saved
+    new = run(model, "llama", inputs("llama"))
+    calls = _fail_replace(monkeypatch, 3)  # the journal, the weights, then the config fails
+    with pytest.raises(SaveError, match="committed .* loads as the new version"):
+        model.save_pretrained(tmp_path)
+    assert calls == [JOURNAL, "adapter_model.safetensors", "adapter_config.json"]
+    monkeypatch.undo()
+    assert (tmp_path / JOURNAL).is_file()
+    assert torch.equal(_outputs(tmp_path), new)  # new weights in place, new config staged
+    model.save_pretrained(tmp_path)  # rolls the journal forward, then saves again
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert torch.equal(_outputs(tmp_path), new)
 
 
 def test_failing_config_write_keeps_the_old_weights(saved, tmp_path, monkeypatch):
@@ -68,12 +98,12 @@ def test_failing_config_write_keeps_the_old_weights(saved, tmp_path, monkeypatch
 
     def write_text(self, *args, **kwargs):
         real_write_text(self, '{"truncated')  # half a file, then the disk fills up
-        raise OSError("No space left on device")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", write_text)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SaveError, match="No space left on device.*free disk space"):
         model.save_pretrained(tmp_path)
-    monkeypatch.setattr(Path, "write_text", real_write_text)
+    monkeypatch.undo()
     _assert_old_adapter_intact(tmp_path, before, expected)
 
 
@@ -81,43 +111,36 @@ def test_failing_weights_write_keeps_everything(saved, tmp_path, monkeypatch):
     model, before, expected = saved
 
     def save_file(tensors, path, metadata=None):
-        Path(path).write_bytes(b"\x00" * 10)  # a partial file under the temporary name
+        Path(path).write_bytes(b"\x00" * 10)  # a partial file under the staged name
         raise KeyboardInterrupt  # even an interrupt mid-write leaves the old adapter
 
     monkeypatch.setattr("tera.adapters.io.save_file", save_file)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(tmp_path)
+    monkeypatch.undo()
     _assert_old_adapter_intact(tmp_path, before, expected)
 
 
-def test_a_successful_save_replaces_both_files(saved, tmp_path):
+def test_a_successful_save_replaces_both_files_and_keeps_other_files(saved, tmp_path):
     model, before, _ = saved
+    (tmp_path / "trainer_state.json").write_text("{}")  # a Trainer checkpoint's own files
+    (tmp_path / "optimizer.pt").write_bytes(b"state")
     model.save_pretrained(tmp_path)
     after = _snapshot(tmp_path)
-    assert sorted(after) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(after) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "trainer_state.json",
+    ]
+    assert after["optimizer.pt"] == b"state"
     assert after["adapter_model.safetensors"] != before["adapter_model.safetensors"]
-    loaded = from_pretrained(llama(), tmp_path)
-    assert torch.equal(run(loaded, "llama", inputs("llama")), run(model, "llama", inputs("llama")))
+    assert torch.equal(_outputs(tmp_path), run(model, "llama", inputs("llama")))
 
 
 def test_first_save_that_fails_leaves_an_empty_directory(tmp_path, monkeypatch):
     model = adapt(llama(), make_config("lora", "llama"))
-    _crash_on_second_rename(monkeypatch)
-    with pytest.raises(OSError):
+    _fail_replace(monkeypatch, 1)
+    with pytest.raises(SaveError):
         model.save_pretrained(tmp_path / "new")
-    assert os.listdir(tmp_path / "new") == []  # the renamed weights were removed again
-
-
-def test_filesystems_without_hard_links_fall_back_to_copies(saved, tmp_path, monkeypatch):
-    model, before, expected = saved
-
-    def no_links(src, dst):
-        raise OSError("hard links not supported")
-
-    real_replace = os.replace  # the patch below replaces os.replace itself
-    monkeypatch.setattr("tera.adapters.io.os.link", no_links)
-    _crash_on_second_rename(monkeypatch)
-    with pytest.raises(OSError, match="simulated crash"):
-        model.save_pretrained(tmp_path)
-    monkeypatch.setattr("tera.adapters.io.os.replace", real_replace)
-    _assert_old_adapter_intact(tmp_path, before, expected)
+    assert os.listdir(tmp_path / "new") == []  # the staged files were removed again
