@@ -1,8 +1,8 @@
 """Exceptions raised by tera.
 
 Every error subclasses both :class:`TeraError` and the built-in exception a caller would
-expect (``ValueError``, ``TypeError`` or ``OSError``), so ``except ValueError`` keeps working. Messages
-name the bad value and say what would be valid.
+expect (``ValueError``, ``TypeError`` or ``OSError``), so ``except ValueError`` keeps
+working. Messages name the bad value and say what would be valid.
 
 Examples
 --------

@@ -45,20 +45,23 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tera.adapters import atomic
-from tera.errors import LoadError, SaveError
+from tera.errors import LoadError, SaveError, TeraError
 
 __all__ = [
     "CONFIG_NAME",
@@ -72,10 +75,12 @@ __all__ = [
     "adapter_folder",
     "cast_to",
     "dtype_named",
+    "names_the_folder",
     "read_adapter",
     "read_meta",
     "read_tensors",
     "sweep_leftovers",
+    "tensor_digest",
     "tera_folder",
     "write_adapter",
     "write_config_and_weights",
@@ -93,6 +98,8 @@ MAX_ABS = 2.0**63
 """The largest magnitude a loaded value may have (see the module's docstring for why)."""
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """The dtypes a loaded tensor may have."""
+DIGEST = "weights_sha256"
+"""The JSON key of the SHA-256 of the tensors (:func:`tensor_digest`) saved with it."""
 SAVE_ID = "save_id"
 """The JSON key, and (prefixed ``tera_``) the safetensors metadata key, of a save's id."""
 _HEADER_ID = f"tera_{SAVE_ID}"
@@ -127,11 +134,35 @@ def tera_folder(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) ->
     >>> tera_folder({"kind": "lora"}, {"x": torch.ones(1)}).config["format_version"]
     1
     """
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return Folder(
-        {"format_version": FORMAT_VERSION, **meta},
+        {"format_version": FORMAT_VERSION, **meta, DIGEST: tensor_digest(tensors)},
         tensors,
         {"format": "pt", "library": "tera"},
     )
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, dtype, shape, bytes) of every tensor, in name order.
+
+    Saved in tera's JSON and checked on load: a weights file changed after the save (a
+    value, a dtype, a bit flipped on disk) is refused instead of loaded.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tera.adapters.io import tensor_digest
+    >>> tensor_digest({"x": torch.ones(2)}) == tensor_digest({"x": torch.ones(2)})
+    True
+    >>> tensor_digest({"x": torch.ones(2)}) == tensor_digest({"x": torch.ones(2).double()})
+    False
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def adapter_folder(adapter_name: str) -> str:
@@ -291,10 +322,15 @@ def _str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _json_type(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def _check_meta(meta: object, path: Path) -> dict[str, Any]:
     """``meta`` with every field a loader reads checked for presence and type."""
     if not isinstance(meta, dict):
-        raise _bad(path, f"holds a JSON {type(meta).__name__}, not an object")
+        raise _bad(path, f"holds a JSON {_json_type(meta)}, not an object")
     version = meta.get("format_version")
     if not _is_int(version) or version < 1:
         raise LoadError(f"{path} has no valid format_version; it was not written by tera")
@@ -333,6 +369,9 @@ def _check_meta(meta: object, path: Path) -> dict[str, Any]:
         raise _bad(path, "has a 'factor_casts' that is not an object of dtype-name lists")
     if not isinstance(meta.get(SAVE_ID, ""), str):
         raise _bad(path, f"has a '{SAVE_ID}' that is not a string")
+    digest = meta.get(DIGEST, "0" * 64)
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise _bad(path, f"has a '{DIGEST}' that is not 64 hex digits")
     return meta
 
 
@@ -373,6 +412,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """
     meta, _ = _read_config_file(Path(directory))
     meta.pop(SAVE_ID, None)
+    meta.pop(DIGEST, None)
     return meta
 
 
@@ -504,7 +544,7 @@ def read_adapter(
                 shown = directory / CONFIG_NAME
                 meta = _load_json(atomic.resolve(shown), shown)  # type: ignore[assignment]
                 if not isinstance(meta, dict):
-                    raise _bad(shown, f"holds a JSON {type(meta).__name__}, not an object")
+                    raise _bad(shown, f"holds a JSON {_json_type(meta)}, not an object")
             tensors, header, _ = _read_weights_file(directory)
         except FileNotFoundError:  # a staged file moved into place meanwhile: read again
             continue
@@ -512,6 +552,14 @@ def read_adapter(
         if saved is not None and weights is not None and saved != weights:
             mixed = True  # maybe a save finishing right now: read again
             continue
+        digest = meta.pop(DIGEST, None)
+        if digest is not None and digest != tensor_digest(tensors):
+            raise LoadError(
+                f"the tensors in {directory / WEIGHTS_NAME} are not those saved with "
+                f"{directory / CONFIG_NAME} (their SHA-256 differs from the one recorded): "
+                "the file was changed or corrupted after the save; download or save the "
+                "adapter again"
+            )
         return meta, tensors
     if mixed:
         raise LoadError(
@@ -520,6 +568,45 @@ def read_adapter(
             "loading them would mix two adapters; save the adapter again"
         )
     raise _concurrent(directory)  # pragma: no cover - a save finishing each attempt
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def names_the_folder(method: F) -> F:
+    """Decorate a loader whose ``directory`` argument every error it raises should name.
+
+    A tera error raised while loading that does not name the folder (a config field the
+    config class refuses, a layer of another shape, ...) is raised again, as a
+    :class:`~tera.errors.LoadError` (or the ``LoadError`` subclass it was), with the folder
+    in front. Other exceptions pass unchanged.
+
+    Examples
+    --------
+    >>> from tera.adapters.io import names_the_folder
+    >>> from tera.errors import ConfigError
+    >>> @names_the_folder
+    ... def load(directory):
+    ...     raise ConfigError("r must be >= 1, got 0")
+    >>> load("/my/adapter")
+    Traceback (most recent call last):
+    ...
+    tera.errors.LoadError: cannot load the adapter in /my/adapter: r must be >= 1, got 0
+    """
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except TeraError as err:
+            directory = signature.bind_partial(*args, **kwargs).arguments.get("directory")
+            if directory is None or str(directory) in str(err):
+                raise
+            kind = type(err) if isinstance(err, LoadError) else LoadError
+            raise kind(f"cannot load the adapter in {directory}: {err}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def cast_to(name: str, value: torch.Tensor, like: torch.Tensor, path: str | Path) -> torch.Tensor:

@@ -21,7 +21,7 @@ import tera.adapters.vera  # noqa: F401 - the four adapters register themselves 
 from tera.adapters import io, peft_format, quantized, registry
 from tera.adapters.base import Adapter
 from tera.adapters.config import AdapterConfig, config_from_dict
-from tera.adapters.factors import SharedFactors, fingerprint
+from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import (
     BASE_ADAPTER,
     AdapterLinear,
@@ -34,7 +34,6 @@ from tera.adapters.layer import (
 from tera.errors import (
     AdapterStateError,
     BackendError,
-    FingerprintError,
     FormatError,
     LoadError,
     ShapeError,
@@ -611,6 +610,7 @@ class AdaptedModel(nn.Module):
         """Bytes of one adapter's own (trainable) tensors: what each extra adapter costs."""
         return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name))
 
+    @io.names_the_folder  # every error of a load names the folder
     def load_adapter(
         self, directory: str | FsPath, adapter_name: str, is_trainable: bool = False
     ) -> None:
@@ -911,7 +911,7 @@ class AdaptedModel(nn.Module):
             },
             "modules_to_save": list(self.modules_to_save),
             "factor_keys": keys,
-            "factor_fingerprint": self.shared_factors.fingerprint(keys),
+            **self.shared_factors.describe(keys),  # fingerprint (+ casts of a converted model)
             "includes_factors": include_factors,
         }
 
@@ -976,6 +976,7 @@ class AdaptedModel(nn.Module):
         io.write_folders(directory, folders)
 
     @classmethod
+    @io.names_the_folder  # every error of a load names the folder
     def from_pretrained(
         cls,
         model: nn.Module,
@@ -1043,19 +1044,26 @@ class AdaptedModel(nn.Module):
             adapted.eval()
         return adapted
 
-    def load_adapter_weights(self, directory: str | FsPath) -> None:
-        """Load the tensors of an adapter saved from this same configuration (resume training).
+    @io.names_the_folder  # every error of a load names the folder
+    def load_adapter_weights(
+        self, directory: str | FsPath, adapter_names: Sequence[str] | None = None
+    ) -> None:
+        """Load the tensors of the adapters saved from this same model (resume training).
 
         The inverse of :meth:`save_pretrained` for resuming training (what Hugging Face
-        ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the
-        adapter's parameters (and ``modules_to_save``) are overwritten in place and keep
-        their ``requires_grad``, so an optimizer holding them stays valid.
+        ``Trainer`` does with ``resume_from_checkpoint``): every adapter of the model (or
+        those in ``adapter_names``) is read from where ``save_pretrained`` writes it
+        (``"default"`` from ``directory``, any other from ``directory/<name>``), whichever
+        adapter is active. Nothing is re-attached: the parameters (and
+        ``modules_to_save``) are overwritten in place and keep their ``requires_grad``, so
+        an optimizer holding them stays valid. All adapters load, or none: every file is
+        read and checked first, and a failure while writing puts everything back.
 
         Raises
         ------
         LoadError
-            Missing or corrupted files, or an adapter saved with another configuration or
-            on other layers.
+            A missing adapter folder, missing or corrupted files, or an adapter saved with
+            another configuration or on other layers.
         FingerprintError
             The frozen factors differ from those the adapter was trained with.
 
@@ -1074,23 +1082,52 @@ class AdaptedModel(nn.Module):
         [1.0, 1.0, 1.0, 1.0]
         """
         directory = FsPath(directory)
-        meta = io.read_meta(directory)
-        config = config_from_dict(meta["config"])
-        if config != self.adapter_config:
-            raise LoadError(
-                f"the adapter in {directory} was saved with {config!r}, but this model carries "
-                f"{self.adapter_config!r}; load it with from_pretrained() into a fresh base "
-                "model"
-            )
-        active = self._active
-        saved = list(meta["targets"])
-        here = [n for n, lay in self.adapter_layers.items() if active in lay.adapters]
-        if sorted(saved) != sorted(here):
-            raise LoadError(
-                f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
-                f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
-            )
-        self._restore(meta, io.read_tensors(directory), directory, active)
+        names = self.adapter_names if adapter_names is None else list(adapter_names)
+        for name in names:
+            self._require(name)
+        found = []
+        for name in names:  # read and check every adapter before writing any
+            folder = directory / io.adapter_folder(name)
+            if not (folder / io.CONFIG_NAME).exists():
+                raise LoadError(
+                    f"{directory} holds no adapter {name!r} (save_pretrained writes it into "
+                    f"{folder}); was it saved from this model? adapter_names=[...] loads "
+                    "only the adapters given"
+                )
+            meta, tensors = _read_adapter(folder, self.base_model)
+            config = config_from_dict(meta["config"])
+            if config != self._configs[name]:
+                raise LoadError(
+                    f"the adapter in {folder} was saved with {config!r}, but this model's "
+                    f"adapter {name!r} is {self._configs[name]!r}; load it with "
+                    "from_pretrained() into a fresh base model"
+                )
+            saved = list(meta["targets"])
+            here = [n for n, lay in self.adapter_layers.items() if name in lay.adapters]
+            if sorted(saved) != sorted(here):
+                raise LoadError(
+                    f"the adapter in {folder} adapts {saved[:4]}... but this model's adapter "
+                    f"{name!r} adapts {here[:4]}...; load it with from_pretrained() into a "
+                    "fresh base model"
+                )
+            found.append((name, meta, tensors, folder))
+        params = [p for name in names for _, p in self.adapter_parameters(name)]
+        saved_modules = {m for _, meta, _, _ in found for m in meta.get("modules_to_save", [])}
+        for mname in sorted({*self.modules_to_save, *saved_modules}):
+            with contextlib.suppress(AttributeError):  # a missing one is refused by _restore
+                params += self.base_model.get_submodule(mname).parameters()
+        before = [p.detach().clone() for p in params]  # put back if a load fails midway
+        put_back, kept = self.shared_factors.snapshot(), list(self.modules_to_save)
+        try:
+            for name, meta, tensors, folder in found:
+                self._restore(meta, tensors, folder, name)
+        except BaseException:
+            with torch.no_grad():
+                for p, value in zip(params, before, strict=True):
+                    p.copy_(value)
+            put_back()
+            self.modules_to_save = kept
+            raise
 
     def _restore(
         self,
@@ -1099,47 +1136,23 @@ class AdaptedModel(nn.Module):
         directory: FsPath,
         adapter_name: str,
     ) -> None:
-        shared = self.shared_factors
+        others = {k for n in self._configs if n != adapter_name for k in self._factor_keys(n)}
+        stored = tensors if meta.get("includes_factors") else None
         keys = self._factor_keys(adapter_name)
-        if meta.get("includes_factors"):
-            others = {k for n in self._configs if n != adapter_name for k in self._factor_keys(n)}
-            for i, key in enumerate(meta["factor_keys"]):
-                name = f"{io.FACTOR_PREFIX}{i}"
-                if name not in tensors or key not in keys:
-                    raise LoadError(
-                        f"{directory / io.WEIGHTS_NAME} lacks the factor '{key}' it should include"
-                    )
-                value = tensors.pop(name)
-                if key in others:
-                    if fingerprint([(key, value)]) != shared._fingerprints[key]:
-                        raise LoadError(
-                            f"the adapter in {directory} comes with frozen factors '{key}' that "
-                            "differ from those the model's other adapters use under that key; "
-                            "loading it would change them: load it into a model of its own"
-                        )
-                    continue
-                shared.set(key, value)
-        if sorted(keys) != sorted(meta["factor_keys"]):
-            raise FingerprintError(
-                f"this tera builds factors {keys} for the adapter but it was saved with "
-                f"{meta['factor_keys']}; the factor scheme changed between versions"
-            )
-        found = shared.fingerprint(keys)
-        if found != meta["factor_fingerprint"]:
-            where = (
-                "the factors stored in the file"
-                if meta.get("includes_factors")
-                else (f"the factors regenerated from seed {meta['seed']}")
-            )
-            raise FingerprintError(
-                f"{where} do not match the fingerprint saved with the adapter "
-                f"({found[:12]}... vs {meta['factor_fingerprint'][:12]}...): loading would give "
-                "a different model. Re-save the adapter with include_factors=True where it "
-                "was trained."
-            )
+        self.shared_factors.restore(keys, meta, stored, others, str(directory))
+        for i in range(len(meta["factor_keys"]) if stored is not None else 0):
+            tensors.pop(f"{io.FACTOR_PREFIX}{i}")  # factors, not adapter parameters
         expected = {name: p for name, p in self.adapter_parameters(adapter_name)}
         for mname in meta.get("modules_to_save", []):
-            for pname, p in self.base_model.get_submodule(mname).named_parameters():
+            try:
+                module = self.base_model.get_submodule(mname)
+            except AttributeError:
+                raise LoadError(
+                    f"the adapter in {directory} saves module '{mname}' (modules_to_save), "
+                    "which this model does not have; load it into the architecture it was "
+                    "trained on"
+                ) from None
+            for pname, p in module.named_parameters():
                 expected[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -1156,7 +1169,7 @@ class AdaptedModel(nn.Module):
                         f"tensor '{name}' has shape {tuple(value.shape)} in the file but "
                         f"{tuple(p.shape)} here"
                     )
-                p.copy_(value.to(p.device, p.dtype))
+                p.copy_(io.cast_to(name, value, p, directory / io.WEIGHTS_NAME))
         self.modules_to_save = list(meta.get("modules_to_save", []))
 
 
