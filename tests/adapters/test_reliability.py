@@ -6,11 +6,15 @@ test_load_fuzz.py.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainingArguments
@@ -22,13 +26,16 @@ from tera.adapters import (
     TeRAConfig,
     VeRAConfig,
     adapt,
+    dequantize_weight,
     from_pretrained,
+    quantize_model,
 )
 from tera.adapters.engine import Network
 from tera.adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from tera.adapters.quantized import keep_input_gradient
 from tera.adapters.tera_kernel import TuckerEvaluator
 from tera.adapters.trainer import AdapterTrainer
-from tera.errors import LoadError
+from tera.errors import LoadError, SaveError
 from tests.adapters.common import KINDS, inputs, llama, make_config, randomize_adapter, run
 
 EMPTY_CONFIGS = {
@@ -358,3 +365,238 @@ def test_a_value_a_float16_model_cannot_hold_is_refused(tmp_path):
     model = adapt(llama(), make_config("tera", "llama")).to(torch.float16)
     with pytest.raises(LoadError, match=rf"tensor '{re.escape(name)}' .*float16 cannot hold"):
         model.load_adapter_weights(tmp_path)
+
+
+# -- defect 2: a 4-bit base keeps its input gradient after an evaluation pass ---------------
+def _grads(model: AdaptedModel, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    model.train()
+    model.zero_grad()
+    model(x).pow(2).sum().backward()
+    return {name: p.grad for name, p in model.adapter_parameters()}
+
+
+def _four_bit_mlp() -> tuple[AdaptedModel, nn.Module]:
+    """A 4-bit MLP adapted on all three layers (no bias: the silent case), and its float twin."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(64, 64, bias=False) for _ in range(3)]
+    base = nn.Sequential(layers[0], nn.ReLU(), layers[1], nn.ReLU(), layers[2])
+    return adapt(quantize_model(base, "4bit"), FOUR_BIT), base
+
+
+FOUR_BIT = TeRAConfig(in_mode=8, out_mode=2, target_modules=["0", "2", "4"])
+
+
+def test_4bit_training_after_an_evaluation_pass_gets_the_true_gradients():
+    """Found: after one no-grad forward, adapters before a 4-bit layer got no or wrong
+    gradients (up to 100% off), silently. Reference: float layers holding the weights the
+    4-bit layers compute with (dequantize_weight); the same float32 sums in another order,
+    so 1e-5 of the largest gradient (~10x the differences seen) is the bound."""
+    pytest.importorskip("bitsandbytes")
+    model, _ = _four_bit_mlp()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, p in model.adapter_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(4, 64, generator=gen)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # an evaluation pass: bitsandbytes may repack the weights here
+    got = _grads(model, x)
+    twin = nn.Sequential(
+        *(nn.Linear(64, 64, bias=False) if i % 2 == 0 else nn.ReLU() for i in range(5))
+    )
+    with torch.no_grad():
+        for i in (0, 2, 4):
+            twin[i].weight.copy_(dequantize_weight(model.adapter_layers[str(i)].base_layer))
+    reference = adapt(twin, FOUR_BIT)
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(
+            reference.adapter_parameters(), model.adapter_parameters(), strict=True
+        ):
+            p.copy_(q)
+    expected = _grads(reference, x)
+    for name, grad in got.items():
+        assert grad is not None, name
+        bound = 1e-5 * float(expected[name].abs().max())
+        torch.testing.assert_close(grad, expected[name], atol=bound, rtol=1e-5)
+
+
+def test_4bit_llama_trains_after_an_evaluation_pass():
+    """The issue's case: 30/30 adapter gradients were None after one no-grad forward."""
+    pytest.importorskip("bitsandbytes")
+    from tests.adapters.test_quantized import config, ids, perturb, quantized_llama
+
+    model = adapt(quantized_llama("nf4"), config("tera"))
+    perturb(model)  # every d away from its zero init: every gradient nonzero
+    tokens = ids()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=tokens)
+    model.train()
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    grads = [p.grad for _, p in model.adapter_parameters()]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_keep_input_gradient_unpacks_a_repacked_weight_losslessly():
+    """On any CPU: the repack done by hand, then undone only where a gradient is needed."""
+    bnb = pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    layer = quantize_model(nn.Sequential(nn.Linear(128, 64)), "4bit", double_quant=True)[0]
+    weight = layer.weight
+    weight.data, weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(
+        weight.data, weight.quant_state
+    )
+    packed = dequantize_weight(layer).clone()
+    x = torch.randn(2, 128, requires_grad=True)
+    layer.eval()
+    with torch.no_grad():
+        assert not keep_input_gradient(layer, x)  # inference: stays packed
+    assert not keep_input_gradient(layer, x.detach())  # eval, no gradient wanted
+    assert weight.quant_state.packing_format_for_cpu
+    assert keep_input_gradient(layer, x)  # eval, but a gradient towards x is recorded
+    assert not weight.quant_state.packing_format_for_cpu
+    assert torch.equal(dequantize_weight(layer), packed)  # the same weight, canonical layout
+    layer(x).sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    weight.data, weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(
+        weight.data, weight.quant_state
+    )
+    layer.train()
+    with torch.no_grad():
+        assert keep_input_gradient(layer, x.detach())  # training mode: the exact kernel
+
+
+# -- defect 6: every file-system and format fault is our error, naming the path -------------
+def _listing(directory) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+def test_saving_to_a_path_that_is_a_file(tmp_path):
+    """Found: a FileExistsError."""
+    model = adapt(llama(), make_config("tera", "llama"))
+    target = tmp_path / "file"
+    target.write_text("mine")
+    with pytest.raises(SaveError, match=rf"cannot save into {target}: it is a file"):
+        model.save_pretrained(target)
+    assert target.read_text() == "mine"
+
+
+def test_saving_several_adapters_where_a_subfolder_is_a_file_writes_nothing(tmp_path):
+    """Found: "default" was written, then a FileExistsError: half a save."""
+    model = _two_adapters()
+    _scramble(model, seed=1)
+    model.save_pretrained(tmp_path / "x", selected_adapters=["default"])
+    (tmp_path / "x" / "b").write_text("mine")
+    before = _listing(tmp_path / "x")
+    _scramble(model, seed=2)
+    with pytest.raises(SaveError, match=rf"{tmp_path / 'x' / 'b'}: it is a file.*nothing was"):
+        model.save_pretrained(tmp_path / "x")
+    assert _listing(tmp_path / "x") == before  # "default" is the previous save's, untouched
+
+
+def test_saving_into_a_read_only_folder(tmp_path, monkeypatch):
+    """Found: a SafetensorError naming a temporary file."""
+    model = adapt(llama(), make_config("tera", "llama"))
+    model.save_pretrained(tmp_path)
+    before = _listing(tmp_path)
+    os.chmod(tmp_path, 0o555)
+    if os.geteuid() == 0:  # permissions do not bind root: refuse the way the kernel would
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if Path(path).parent == tmp_path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr("tera.adapters.atomic.os.mkdir", mkdir)
+    try:
+        with pytest.raises(
+            SaveError,
+            match=rf"cannot save into {tmp_path} \(Permission denied.*\): choose a folder you can "
+            "write to.*unchanged",
+        ):
+            model.save_pretrained(tmp_path)
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert _listing(tmp_path) == before
+
+
+def test_a_full_disk_while_writing_the_weights_is_our_error(tmp_path, monkeypatch):
+    model = adapt(llama(), make_config("tera", "llama"))
+    model.save_pretrained(tmp_path)
+    before = _listing(tmp_path)
+
+    def save_file(tensors, path, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr("tera.adapters.io.save_file", save_file)
+    with pytest.raises(SaveError, match=rf"cannot save into {tmp_path} .*No space left"):
+        model.save_pretrained(tmp_path)
+    assert _listing(tmp_path) == before
+
+
+def test_an_adapter_name_that_is_no_folder_name_cannot_be_saved(tmp_path):
+    model = adapt(llama(), make_config("tera", "llama"))
+    model.add_adapter("a/b", make_config("tera", "llama"))
+    with pytest.raises(SaveError, match=r"adapter 'a/b' .*rename the adapter"):
+        model.save_pretrained(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda meta: [], "holds a JSON array, not an object"),
+        (lambda meta: None, "holds a JSON null, not an object"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "targets"}, "has no 'targets'"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "config"}, "has no 'config'"),
+        (
+            lambda meta: {k: v for k, v in meta.items() if k != "factor_fingerprint"},
+            "has no 'factor_fingerprint'",
+        ),
+        (lambda meta: {**meta, "targets": []}, "has no 'targets'"),
+        (lambda meta: {**meta, "targets": {}}, "has no 'targets'"),
+        (lambda meta: {**meta, "config": {**meta["config"], "in_mode": 0}}, "in_mode"),
+        (lambda meta: {**meta, "modules_to_save": ["nowhere"]}, "module 'nowhere'"),
+    ],
+    ids=[
+        "list",
+        "null",
+        "no-targets",
+        "no-config",
+        "no-fingerprint",
+        "targets-list",
+        "targets-empty",
+        "bad-config-field",
+        "unknown-module",
+    ],
+)
+def test_a_malformed_config_is_our_error_naming_the_file(tmp_path, edit, message):
+    """Found: AttributeError / KeyError from io.py for each of the first six."""
+    model = adapt(llama(), make_config("tera", "llama"))
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(edit(meta)))
+    for load in (
+        lambda: from_pretrained(llama(), tmp_path),
+        lambda: model.load_adapter(tmp_path, adapter_name="other"),
+        lambda: model.load_adapter_weights(tmp_path),
+    ):
+        with pytest.raises(
+            LoadError, match=rf"{tmp_path}.*{re.escape(message)}|{re.escape(message)}.*{tmp_path}"
+        ):
+            load()
+    assert model.adapter_names == ["default"]
+
+
+def test_the_files_of_two_saves_are_refused(tmp_path):
+    model = adapt(llama(), make_config("tera", "llama"))
+    model.save_pretrained(tmp_path / "one")
+    randomize_adapter(model, seed=5)
+    model.save_pretrained(tmp_path / "two")
+    (tmp_path / "two" / CONFIG_NAME).write_bytes((tmp_path / "one" / CONFIG_NAME).read_bytes())
+    with pytest.raises(LoadError, match="come from two different saves"):
+        from_pretrained(llama(), tmp_path / "two")
