@@ -271,8 +271,9 @@ def resolve(path: str | Path) -> Path:
         if journal is None:
             continue
         name = path.relative_to(level).as_posix()
+        staging: str = journal["staging"]
         for src, dst in journal["moves"]:
-            staged = level / journal["staging"] / src
+            staged = level / staging / str(src)
             if dst == name and os.path.lexists(staged):
                 return staged
     return path

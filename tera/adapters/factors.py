@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -368,7 +368,7 @@ class SharedFactors(nn.Module):
         keys: Sequence[str],
         meta: Mapping[str, Any],
         stored: Mapping[str, torch.Tensor] | None,
-        others: set[str],
+        others: Collection[str],
         where: str,
     ) -> None:
         """Give ``keys`` the values a saved adapter was computed with, checked.

@@ -54,7 +54,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -314,7 +314,7 @@ def _bad(path: Path, what: str) -> LoadError:
     )
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -624,7 +624,8 @@ def cast_to(name: str, value: torch.Tensor, like: torch.Tensor, path: str | Path
     --------
     >>> import torch
     >>> from tera.adapters.io import cast_to
-    >>> cast_to("d", torch.tensor([1e5]), torch.zeros(1, dtype=torch.float16), "x")
+    >>> half = torch.zeros(1, dtype=torch.float16)
+    >>> cast_to("d", torch.tensor([1e5]), half, "x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     tera.errors.LoadError: tensor 'd' in x holds a value of magnitude 1e+05, which float16 ...

@@ -72,6 +72,7 @@ __all__ = [
     "dequantize_model",
     "dequantize_weight",
     "is_quantized",
+    "keep_input_gradient",
     "quantization_of",
     "quantize_model",
     "weight_bytes",
@@ -281,7 +282,7 @@ def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> bool:
     data, state = _unpacked_4bit(functional, weight.data, state)
     weight.data, weight.quant_state = data, state
     if getattr(module, "quant_state", None) is not None:
-        module.quant_state = state  # type: ignore[assignment]
+        module.quant_state = state
     return True
 
 

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from transformers import Trainer
-from transformers.utils import can_return_loss, find_labels
+from transformers.utils.generic import can_return_loss, find_labels
 
 from tera.adapters.io import CONFIG_NAME, WEIGHTS_NAME, adapter_folder
 from tera.adapters.model import AdaptedModel
@@ -56,8 +56,8 @@ class AdapterTrainer(Trainer):
         if isinstance(model, AdaptedModel):  # Trainer inspects the class's forward, not ours
             base = type(model.base_model)
             if self.args.label_names is None:  # else evaluation computes no loss
-                self.label_names = find_labels(base)
-            self.can_return_loss = can_return_loss(base)
+                self.label_names = find_labels(base)  # type: ignore[no-untyped-call]
+            self.can_return_loss = can_return_loss(base)  # type: ignore[no-untyped-call]
 
     def _adapted_model(self) -> AdaptedModel:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
