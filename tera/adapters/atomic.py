@@ -324,14 +324,16 @@ def write_files(root: str | Path, files: Mapping[str, Writer]) -> None:
     root = Path(root)
     names = [_relative(name) for name in files]
     writers = dict(zip(names, files.values(), strict=True))
-    if root.exists() and not root.is_dir():
-        raise SaveError(
-            f"cannot save into {root}: it is a file, not a folder; choose a folder (nothing "
-            "was written)"
-        )
     try:
+        if root.exists() and not root.is_dir():
+            raise SaveError(
+                f"cannot save into {root}: it is a file, not a folder; choose a folder "
+                "(nothing was written)"
+            )
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if isinstance(err, TeraError):
+            raise
         raise _save_error(root, err, committed=False) from None
     with _locked(root):
         try:

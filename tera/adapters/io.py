@@ -74,7 +74,6 @@ __all__ = [
     "Folder",
     "adapter_folder",
     "cast_to",
-    "dtype_named",
     "names_the_folder",
     "read_adapter",
     "read_meta",
@@ -83,7 +82,6 @@ __all__ = [
     "tensor_digest",
     "tera_folder",
     "write_adapter",
-    "write_config_and_weights",
     "write_folders",
 ]
 
@@ -262,21 +260,6 @@ def write_adapter(
     (['adapter_config.json', 'adapter_model.safetensors'], [1.0, 1.0])
     """
     write_folders(directory, {"": tera_folder(meta, tensors)})
-
-
-def write_config_and_weights(
-    directory: str | Path,
-    config: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str],
-) -> None:
-    """Write ``config`` as ``adapter_config.json`` and ``tensors`` as the weights, atomically.
-
-    The two files of :func:`write_adapter` as they are given (no ``format_version`` or
-    ``save_id`` added to the JSON), ``metadata`` going into the safetensors header;
-    :mod:`tera.adapters.peft_format` writes PEFT's folders with it.
-    """
-    write_folders(directory, {"": Folder(config, tensors, metadata, stamp=False)})
 
 
 def sweep_leftovers(directory: str | Path, old_only: bool = False) -> list[str]:
@@ -640,8 +623,3 @@ def cast_to(name: str, value: torch.Tensor, like: torch.Tensor, path: str | Path
             "load the adapter into a model of a wider dtype (float32 or bfloat16)"
         )
     return out
-
-
-def dtype_named(name: str) -> torch.dtype:
-    """The float dtype called ``name`` (``"bfloat16"``) in a file."""
-    return _DTYPE_NAMES[name]

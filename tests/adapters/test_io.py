@@ -9,15 +9,18 @@ finished by the next save). Real kills are in test_atomic_save.py.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from tera.adapters import adapt, from_pretrained
-from tera.adapters.atomic import JOURNAL
-from tera.errors import SaveError
+from tera.adapters import adapt, from_pretrained, io
+from tera.adapters.atomic import JOURNAL, write_files
+from tera.adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from tera.errors import LoadError, SaveError
 from tests.adapters.common import inputs, llama, make_config, randomize_adapter, run
 
 
@@ -144,3 +147,149 @@ def test_first_save_that_fails_leaves_an_empty_directory(tmp_path, monkeypatch):
     with pytest.raises(SaveError):
         model.save_pretrained(tmp_path / "new")
     assert os.listdir(tmp_path / "new") == []  # the staged files were removed again
+
+
+# -- the transaction's edges (tera.adapters.atomic) ------------------------------------------
+def _writer(text: str):
+    return lambda path: Path(path).write_text(text)
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/../../x", ".tera-journal.json", "a\\b", ""])
+def test_names_outside_the_folder_are_refused(tmp_path, name):
+    with pytest.raises(SaveError, match="is not a file name below the save folder"):
+        write_files(tmp_path, {name: _writer("x")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_destination_that_is_a_folder_is_refused_before_writing(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SaveError, match=rf"cannot save {tmp_path / 'x'}: it is a folder"):
+        write_files(tmp_path, {"y": _writer("y"), "x": _writer("x")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_a_path_too_long_says_so(tmp_path):
+    with pytest.raises(SaveError, match="choose a shorter path"):
+        write_files(tmp_path / ("d" * 300), {"x": _writer("x")})
+
+
+def test_a_corrupted_journal_is_refused_by_loads_and_saves(tmp_path):
+    model = adapt(llama(), make_config("lora", "llama"))
+    model.save_pretrained(tmp_path)
+    (tmp_path / JOURNAL).write_text("{not json")
+    with pytest.raises(LoadError, match=rf"{tmp_path / JOURNAL} is not a journal .*delete it"):
+        from_pretrained(llama(), tmp_path)
+    with pytest.raises(SaveError, match="is not a journal"):
+        model.save_pretrained(tmp_path)
+    (tmp_path / JOURNAL).unlink()
+    (tmp_path / JOURNAL).mkdir()  # unreadable as a file
+    with pytest.raises(LoadError, match=rf"cannot read {tmp_path / JOURNAL}"):
+        from_pretrained(llama(), tmp_path)
+
+
+def test_a_save_into_a_subfolder_finishes_the_save_above_it_first(tmp_path, monkeypatch):
+    """A save of several adapters killed past its commit (journal in the folder), then a
+    save straight into its sub-folder: the journal above is finished first, so it cannot
+    later move its older files over the newer ones."""
+    model = adapt(llama(), make_config("lora", "llama"))
+    model.add_adapter("b", make_config("lora", "llama"))
+    model.save_pretrained(tmp_path)
+    randomize_adapter(model, seed=3)
+    first = run(model, "llama", inputs("llama"))
+    _fail_replace(monkeypatch, 2)  # the journal goes in, the first move fails
+    with pytest.raises(SaveError, match="committed"):
+        model.save_pretrained(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / JOURNAL).is_file()
+    other = adapt(llama(), make_config("lora", "llama"))
+    randomize_adapter(other, seed=4)
+    other.save_pretrained(tmp_path / "b")  # one adapter straight into the sub-folder
+    assert not (tmp_path / JOURNAL).exists()
+    assert torch.equal(_outputs(tmp_path), first)  # "default": the committed save's
+    loaded = from_pretrained(llama(), tmp_path / "b")
+    assert torch.equal(run(loaded, "llama", inputs("llama")), run(other, "llama", inputs("llama")))
+    assert _litter(tmp_path) == []
+
+
+def _litter(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob(".tera-*"))
+
+
+# -- reading: every field checked ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("format_version", 99, "format_version 99 but this tera reads up to 1"),
+        ("format_version", True, "no valid format_version"),
+        ("targets", {"x": {"in_features": 0, "out_features": 4}}, "target 'x' without positive"),
+        ("targets", {"x": [4, 4]}, "target 'x' without positive"),
+        ("factor_keys", "k", "no 'factor_keys'"),
+        ("includes_factors", "yes", "'includes_factors' that is not true/false"),
+        ("modules_to_save", [1], "'modules_to_save' that is not a list of names"),
+        ("factor_casts", {"k": ["int8"]}, "'factor_casts' that is not"),
+        ("save_id", 7, "'save_id' that is not a string"),
+        ("weights_sha256", "00", "'weights_sha256' that is not 64 hex digits"),
+        ("config", {"r": 4}, "no 'config' object with a 'kind'"),
+    ],
+)
+def test_every_field_is_checked(tmp_path, field, value, message):
+    model = adapt(llama(), make_config("lora", "llama"))
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    meta[field] = value
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(LoadError, match=re.escape(message)):
+        io.read_meta(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\xff\xfe{}", "is not UTF-8 text"), (b"[" * 100_000, "nests JSON too deeply")],
+)
+def test_unreadable_json_is_our_error(tmp_path, content, message):
+    adapt(llama(), make_config("lora", "llama")).save_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).write_bytes(content)
+    with pytest.raises(LoadError, match=rf"{tmp_path / CONFIG_NAME} {message}"):
+        io.read_adapter(tmp_path)
+
+
+def test_missing_files_are_named(tmp_path):
+    adapt(llama(), make_config("lora", "llama")).save_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_NAME).unlink()
+    with pytest.raises(LoadError, match=rf"no {WEIGHTS_NAME} in {tmp_path}"):
+        io.read_adapter(tmp_path)
+    with pytest.raises(LoadError, match=rf"no {WEIGHTS_NAME} in {tmp_path}"):
+        io.read_tensors(tmp_path)
+
+
+def test_a_folder_of_another_tool_reads_without_the_field_checks(tmp_path):
+    io.write_adapter(tmp_path, {"kind": "lora"}, {"x": torch.ones(2)})
+    meta, tensors = io.read_adapter(tmp_path, check=False)
+    assert meta["kind"] == "lora" and "save_id" not in meta and "weights_sha256" not in meta
+    assert torch.equal(tensors["x"], torch.ones(2))
+    (tmp_path / CONFIG_NAME).write_text("[1]")
+    with pytest.raises(LoadError, match="holds a JSON array, not an object"):
+        io.read_adapter(tmp_path, check=False)
+
+
+def test_a_file_moved_while_it_is_read_is_read_again(tmp_path, monkeypatch):
+    """A staged file a finishing save moves away between resolving and reading it."""
+    model = adapt(llama(), make_config("lora", "llama"))
+    model.save_pretrained(tmp_path)
+    real = io._load_json
+    calls = []
+
+    def load_json(path, shown):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(path)
+        return real(path, shown)
+
+    monkeypatch.setattr(io, "_load_json", load_json)
+    meta, _ = io.read_adapter(tmp_path)
+    assert len(calls) == 2 and meta["kind"] == "lora"
+    monkeypatch.setattr(
+        io, "_load_json", lambda path, shown: (_ for _ in ()).throw(FileNotFoundError(path))
+    )
+    with pytest.raises(LoadError, match="changed while they were read"):
+        io.read_adapter(tmp_path)
