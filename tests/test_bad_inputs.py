@@ -4,6 +4,8 @@ the bad value and says how to fix it (one test per case; each ``match`` checks b
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -263,6 +265,12 @@ def test_tensor_of_the_wrong_shape_in_the_file(saved_dir):
     name = next(iter(sorted(tensors)))
     tensors[name] = torch.zeros(3)
     save_file(tensors, str(path))
+    with pytest.raises(LoadError, match=r"SHA-256 differs from the one recorded"):
+        from_pretrained(llama(), saved_dir)  # the weights digest catches the edit first
+    meta_path = saved_dir / "adapter_config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["weights_sha256"]  # a file written before digests: the shape check refuses it
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(LoadError, match=rf"tensor '{name}' has shape \(3,\) in the file but"):
         from_pretrained(llama(), saved_dir)
 

@@ -1,9 +1,8 @@
 """``adapt(model, config)`` and the ``AdaptedModel`` it returns: tera's PEFT-named face.
 
-The jobs behind it live in their own modules: which layers to adapt and wrapping them
-(:mod:`tera.adapters.targets`), the adapted layer (:mod:`tera.adapters.layer`), mixed
-batches (:mod:`tera.adapters.batch`) and saving/loading (:mod:`tera.adapters.saving` over
-the byte format of :mod:`tera.adapters.io`).
+The jobs behind it have their own modules: targeting (:mod:`tera.adapters.targets`), the
+layer (:mod:`tera.adapters.layer`), mixed batches (:mod:`tera.adapters.batch`), saving and
+loading (:mod:`tera.adapters.saving`, over the byte format of :mod:`tera.adapters.io`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import tera.adapters.hira
 import tera.adapters.lora
 import tera.adapters.tera
 import tera.adapters.vera  # noqa: F401 - the four adapters register themselves on import
-from tera.adapters import quantized, registry, saving
+from tera.adapters import io, quantized, registry, saving
 from tera.adapters.batch import route
 from tera.adapters.config import AdapterConfig
 from tera.adapters.factors import SharedFactors
@@ -347,6 +346,7 @@ class AdaptedModel(nn.Module):
         """Bytes of one adapter's own (trainable) tensors: what each extra adapter costs."""
         return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name))
 
+    @io.names_the_folder  # every error of a load names the folder
     def load_adapter(
         self, directory: str | FsPath, adapter_name: str, is_trainable: bool = False
     ) -> None:
@@ -637,6 +637,7 @@ class AdaptedModel(nn.Module):
         saving.save(self, directory, names, include_factors, format)
 
     @classmethod
+    @io.names_the_folder  # every error of a load names the folder
     def from_pretrained(
         cls,
         model: nn.Module,
@@ -700,19 +701,21 @@ class AdaptedModel(nn.Module):
             adapted.eval()
         return adapted
 
-    def load_adapter_weights(self, directory: str | FsPath) -> None:
-        """Load the tensors of an adapter saved from this same configuration (resume training).
+    @io.names_the_folder  # every error of a load names the folder
+    def load_adapter_weights(
+        self, directory: str | FsPath, adapter_names: Sequence[str] | None = None
+    ) -> None:
+        """Load the tensors of the adapters saved from this same model (resume training).
 
-        The inverse of :meth:`save_pretrained` for resuming training (what Hugging Face
-        ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the
-        adapter's parameters (and ``modules_to_save``) are overwritten in place and keep
-        their ``requires_grad``, so an optimizer holding them stays valid.
+        What ``Trainer``'s ``resume_from_checkpoint`` needs: every adapter (or those in
+        ``adapter_names``) is read from where :meth:`save_pretrained` writes it, whichever
+        is active, and overwritten in place (``requires_grad`` kept: an optimizer holding
+        the parameters stays valid). All load, or none (a failure puts everything back).
 
         Raises
         ------
         LoadError
-            Missing or corrupted files, or an adapter saved with another configuration or
-            on other layers.
+            A missing folder or file, corrupted files, another configuration or layers.
         FingerprintError
             The frozen factors differ from those the adapter was trained with.
 
@@ -730,7 +733,10 @@ class AdaptedModel(nn.Module):
         >>> model.base_model[0].adapter.d[0].tolist()
         [1.0, 1.0, 1.0, 1.0]
         """
-        saving.load_weights(self, directory, self._active)
+        names = self.adapter_names if adapter_names is None else list(adapter_names)
+        for name in names:
+            self._require(name)
+        saving.load_weights(self, directory, names)
 
 
 def save_adapter(

@@ -69,6 +69,7 @@ __all__ = [
     "dequantize_model",
     "dequantize_weight",
     "is_quantized",
+    "keep_input_gradient",
     "quantization_of",
     "quantize_model",
     "weight_bytes",
@@ -201,6 +202,9 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
                 f"(bitsandbytes quantizes on the first .to(device)); call model.to(device) "
                 "before adapt(), or load the model with a BitsAndBytesConfig"
             )
+        if not getattr(module, _KEEPS_GRADIENT, False):  # once per layer, kept on unload
+            module.register_forward_pre_hook(_keep_input_gradient_hook)
+            setattr(module, _KEEPS_GRADIENT, True)
     elif info.backend == "bnb8":
         if layer.state.has_fp16_weights:
             raise TargetError(
@@ -221,6 +225,52 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
             "quantize it with a weight-only config (e.g. Int8WeightOnlyConfig)"
         )
     return info
+
+
+_KEEPS_GRADIENT = "_tera_keeps_input_gradient"
+
+
+def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> bool:
+    """Undo bitsandbytes' CPU repack of a 4-bit weight before a training forward.
+
+    bitsandbytes (>= 0.49, CPUs with AVX512-BF16) rewrites a ``Linear4bit``'s weight for a
+    bf16 inference kernel the first time the layer runs in eval mode without gradients,
+    and keeps it so, in training too; that kernel has no backward (and rounds the
+    activations to bf16), so every later forward returns an output with no gradient
+    towards its input. Adapters before the layer then get no gradient, or a wrong one,
+    silently: training stops after the first evaluation pass. Called before the layer's
+    forward (a hook :func:`prepare_target` installs), this puts the weight back into the
+    canonical layout, losslessly (:func:`dequantize_weight` is unchanged), when the layer
+    is in training mode or the forward records a gradient towards ``x``; bitsandbytes
+    repacks it again at the next inference pass. Returns whether it unpacked.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from tera.adapters import quantize_model
+    >>> from tera.adapters.quantized import keep_input_gradient
+    >>> layer = quantize_model(nn.Sequential(nn.Linear(64, 64)), "4bit")[0]
+    >>> keep_input_gradient(layer, torch.randn(2, 64))  # not repacked: nothing to do
+    False
+    """
+    weight: Any = getattr(module, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if not getattr(state, "packing_format_for_cpu", False):
+        return False
+    if not (module.training or (torch.is_grad_enabled() and x.requires_grad)):
+        return False
+    functional = _require("bitsandbytes", "a 4-bit base").functional
+    data, state = _unpacked_4bit(functional, weight.data, state)
+    weight.data, weight.quant_state = data, state
+    if getattr(module, "quant_state", None) is not None:
+        module.quant_state = state
+    return True
+
+
+def _keep_input_gradient_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+    if args and isinstance(args[0], torch.Tensor):
+        keep_input_gradient(module, args[0])
 
 
 # -- dequantize / requantize -------------------------------------------------------------------

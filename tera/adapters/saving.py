@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
@@ -34,10 +35,10 @@ from torch import nn
 from tera.adapters import io, peft_format
 from tera.adapters.base import Adapter
 from tera.adapters.config import AdapterConfig
-from tera.adapters.factors import SharedFactors, fingerprint
+from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import AdapterLinear, linear_shape
 from tera.adapters.registry import config_from_dict
-from tera.errors import FingerprintError, FormatError, LoadError
+from tera.errors import FormatError, LoadError
 
 __all__ = [
     "AdapterHolder",
@@ -121,7 +122,7 @@ def adapter_meta(model: AdapterHolder, include_factors: bool, adapter_name: str)
         },
         "modules_to_save": list(model.modules_to_save),
         "factor_keys": keys,
-        "factor_fingerprint": model.shared_factors.fingerprint(keys),
+        **model.shared_factors.describe(keys),  # fingerprint (+ casts of a converted model)
         "includes_factors": include_factors,
     }
 
@@ -136,16 +137,20 @@ def save(
     """Write adapters ``names``: ``"default"`` into ``directory``, others into subfolders."""
     if format not in ("tera", "peft"):
         raise FormatError(f"format must be 'tera' or 'peft', got {format!r}")
+    folders: dict[str, io.Folder] = {}  # all adapters written as one atomic save
     for name in names:
-        target = Path(directory) if name == "default" else Path(directory) / name
         if format == "peft":
             state = adapter_state(model, True, name)
-            peft_format.write_peft(target, adapter_meta(model, True, name), state)
+            folders[io.adapter_folder(name)] = peft_format.peft_folder(
+                adapter_meta(model, True, name), state
+            )
             continue
         # factors replaced since they were generated (a PEFT VeRA's projections) cannot be
         # regenerated from the seed: they are always saved
         keep = include_factors or model.shared_factors.replaced(factor_keys(model, name))
-        io.write_adapter(target, adapter_meta(model, keep, name), adapter_state(model, keep, name))
+        state = adapter_state(model, keep, name)
+        folders[io.adapter_folder(name)] = io.tera_folder(adapter_meta(model, keep, name), state)
+    io.write_folders(directory, folders)
 
 
 # -- from files to a model -------------------------------------------------------------------
@@ -155,7 +160,7 @@ def read_adapter(
     """The meta and tensors of an adapter folder, tera's format or PEFT's (``peft_format``)."""
     if peft_format.is_peft_folder(directory):  # read as tera's meta and tensors
         return peft_format.read_peft(directory, _plain_view(model))
-    return io.read_meta(directory), io.read_tensors(directory)
+    return io.read_adapter(directory)
 
 
 def _plain_view(model: nn.Module) -> nn.Module:
@@ -242,25 +247,57 @@ def attach_saved(
     return holder
 
 
-def load_weights(model: AdapterHolder, directory: str | Path, adapter_name: str) -> None:
-    """Overwrite an adapter's tensors in place from a folder saved with its configuration."""
+def load_weights(model: AdapterHolder, directory: str | Path, names: Sequence[str]) -> None:
+    """Overwrite adapters' tensors in place from where ``save`` wrote them (all or none).
+
+    Every adapter is read and checked first (its folder, configuration and layers); a
+    failure while writing puts every parameter, factor and ``modules_to_save`` back.
+    """
     directory = Path(directory)
-    meta = io.read_meta(directory)
-    config = config_from_dict(meta["config"])
-    current = model.peft_config[adapter_name]
-    if config != current:
-        raise LoadError(
-            f"the adapter in {directory} was saved with {config!r}, but this model carries "
-            f"{current!r}; load it with from_pretrained() into a fresh base model"
-        )
-    saved = list(meta["targets"])
-    here = [n for n, lay in model.adapter_layers.items() if adapter_name in lay.adapters]
-    if sorted(saved) != sorted(here):
-        raise LoadError(
-            f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
-            f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
-        )
-    restore(model, meta, io.read_tensors(directory), directory, adapter_name)
+    found = []
+    for name in names:  # read and check every adapter before writing any
+        folder = directory / io.adapter_folder(name)
+        if not (folder / io.CONFIG_NAME).exists():
+            raise LoadError(
+                f"{directory} holds no adapter {name!r} (save_pretrained writes it into "
+                f"{folder}); was it saved from this model? adapter_names=[...] loads "
+                "only the adapters given"
+            )
+        meta, tensors = read_adapter(folder, model.base_model)
+        config = config_from_dict(meta["config"])
+        current = model.peft_config[name]
+        if config != current:
+            raise LoadError(
+                f"the adapter in {folder} was saved with {config!r}, but this model's "
+                f"adapter {name!r} is {current!r}; load it with from_pretrained() into a "
+                "fresh base model"
+            )
+        saved = list(meta["targets"])
+        here = [n for n, lay in model.adapter_layers.items() if name in lay.adapters]
+        if sorted(saved) != sorted(here):
+            raise LoadError(
+                f"the adapter in {folder} adapts {saved[:4]}... but this model's adapter "
+                f"{name!r} adapts {here[:4]}...; load it with from_pretrained() into a "
+                "fresh base model"
+            )
+        found.append((name, meta, tensors, folder))
+    params = [p for name in names for _, p in model.adapter_parameters(name)]
+    saved_modules = {m for _, meta, _, _ in found for m in meta.get("modules_to_save", [])}
+    for mname in sorted({*model.modules_to_save, *saved_modules}):
+        with contextlib.suppress(AttributeError):  # a missing one is refused by restore
+            params += model.base_model.get_submodule(mname).parameters()
+    before = [p.detach().clone() for p in params]  # put back if a load fails midway
+    put_back, kept = model.shared_factors.snapshot(), list(model.modules_to_save)
+    try:
+        for name, meta, tensors, folder in found:
+            restore(model, meta, tensors, folder, name)
+    except BaseException:
+        with torch.no_grad():
+            for p, value in zip(params, before, strict=True):
+                p.copy_(value)
+        put_back()
+        model.modules_to_save = kept
+        raise
 
 
 def restore(
@@ -271,47 +308,23 @@ def restore(
     adapter_name: str,
 ) -> None:
     """Copy a saved adapter's tensors into ``adapter_name``, its frozen factors checked."""
-    shared = model.shared_factors
+    others = {k for n in model.peft_config if n != adapter_name for k in factor_keys(model, n)}
+    stored = tensors if meta.get("includes_factors") else None
     keys = factor_keys(model, adapter_name)
-    if meta.get("includes_factors"):
-        others = {k for n in model.peft_config if n != adapter_name for k in factor_keys(model, n)}
-        for i, key in enumerate(meta["factor_keys"]):
-            name = f"{io.FACTOR_PREFIX}{i}"
-            if name not in tensors or key not in keys:
-                raise LoadError(
-                    f"{directory / io.WEIGHTS_NAME} lacks the factor '{key}' it should include"
-                )
-            value = tensors.pop(name)
-            if key in others:
-                if fingerprint([(key, value)]) != shared._fingerprints[key]:
-                    raise LoadError(
-                        f"the adapter in {directory} comes with frozen factors '{key}' that "
-                        "differ from those the model's other adapters use under that key; "
-                        "loading it would change them: load it into a model of its own"
-                    )
-                continue
-            shared.set(key, value)
-    if sorted(keys) != sorted(meta["factor_keys"]):
-        raise FingerprintError(
-            f"this tera builds factors {keys} for the adapter but it was saved with "
-            f"{meta['factor_keys']}; the factor scheme changed between versions"
-        )
-    found = shared.fingerprint(keys)
-    if found != meta["factor_fingerprint"]:
-        where = (
-            "the factors stored in the file"
-            if meta.get("includes_factors")
-            else (f"the factors regenerated from seed {meta['seed']}")
-        )
-        raise FingerprintError(
-            f"{where} do not match the fingerprint saved with the adapter "
-            f"({found[:12]}... vs {meta['factor_fingerprint'][:12]}...): loading would give "
-            "a different model. Re-save the adapter with include_factors=True where it "
-            "was trained."
-        )
+    model.shared_factors.restore(keys, meta, stored, others, str(directory))
+    for i in range(len(meta["factor_keys"]) if stored is not None else 0):
+        tensors.pop(f"{io.FACTOR_PREFIX}{i}")  # factors, not adapter parameters
     expected = {name: p for name, p in model.adapter_parameters(adapter_name)}
     for mname in meta.get("modules_to_save", []):
-        for pname, p in model.base_model.get_submodule(mname).named_parameters():
+        try:
+            module = model.base_model.get_submodule(mname)
+        except AttributeError:
+            raise LoadError(
+                f"the adapter in {directory} saves module '{mname}' (modules_to_save), "
+                "which this model does not have; load it into the architecture it was "
+                "trained on"
+            ) from None
+        for pname, p in module.named_parameters():
             expected[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -328,5 +341,5 @@ def restore(
                     f"tensor '{name}' has shape {tuple(value.shape)} in the file but "
                     f"{tuple(p.shape)} here"
                 )
-            p.copy_(value.to(p.device, p.dtype))
+            p.copy_(io.cast_to(name, value, p, directory / io.WEIGHTS_NAME))
     model.modules_to_save = list(meta.get("modules_to_save", []))

@@ -401,7 +401,8 @@ class TuckerEvaluator:
             self._in_groups,
             lead=rows,
         )
-        h = h.reshape(rows, -1) @ core.reshape(self._core_rows, -1)
+        # explicit sizes: with no rows (an empty batch) a -1 would be ambiguous
+        h = h.reshape(rows, self._core_rows) @ core.reshape(self._core_rows, -1)
         h = apply_mode_groups(h, self.ranks[k:], scaled[k:], self._out_groups, lead=rows)
         return h.reshape(*lead, self._n_out)
 
@@ -455,11 +456,13 @@ class TuckerEvaluator:
             lead=flat,
             merged=_transposed_in_krons(factors[:k], self._in_groups),
         )
-        h = h.reshape(n_rows, tokens, -1) * _row_outer(vectors[:k], rows)[:, None, :]
-        h = h.reshape(flat, -1) @ core.reshape(self._core_rows, -1)
-        h = h.reshape(n_rows, tokens, -1) * _row_outer(vectors[k:], rows)[:, None, :]
+        # explicit sizes: with no rows or no tokens a -1 would be ambiguous
+        core_cols = core.numel() // self._core_rows
+        h = h.reshape(n_rows, tokens, self._core_rows) * _row_outer(vectors[:k], rows)[:, None, :]
+        h = h.reshape(flat, self._core_rows) @ core.reshape(self._core_rows, core_cols)
+        h = h.reshape(n_rows, tokens, core_cols) * _row_outer(vectors[k:], rows)[:, None, :]
         h = apply_mode_groups(
-            h.reshape(flat, -1),
+            h.reshape(flat, core_cols),
             self.ranks[k:],
             factors[k:],
             self._out_groups,
