@@ -614,3 +614,31 @@ def test_the_files_of_two_saves_are_refused(tmp_path):
     (tmp_path / "two" / CONFIG_NAME).write_bytes((tmp_path / "one" / CONFIG_NAME).read_bytes())
     with pytest.raises(LoadError, match="come from two different saves"):
         from_pretrained(llama(), tmp_path / "two")
+
+
+@pytest.mark.parametrize("kind", ["tera", "vera", "lora", "hira"])
+@pytest.mark.parametrize("shape", [(0, 64), (0, 3, 64), (2, 0, 64)])
+def test_a_mixed_batch_without_rows_or_tokens_gives_what_nn_linear_gives(kind, shape):
+    """Defect 7 for mixed batches: zero rows (or zero tokens) return nn.Linear's empty output."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 64))
+    config = _mlp_config(kind)
+    model = adapt(base, config, adapter_name="a")
+    model.add_adapter("b", config)
+    x = torch.randn(*shape)
+    names = ["a", "b"][: shape[0]] if shape[0] else []
+    with torch.no_grad():
+        got = model(x, adapter_names=names)
+        want = model.base_model[0].base_layer(x)
+    assert got.shape == want.shape == (*shape[:-1], 64)
+
+
+def _mlp_config(kind):
+    from tera.adapters import HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig
+
+    return {
+        "tera": TeRAConfig(in_mode=8, out_mode=2, target_modules=["0"]),
+        "vera": VeRAConfig(r=8, target_modules=["0"]),
+        "lora": LoRAConfig(r=4, target_modules=["0"]),
+        "hira": HiRAConfig(r=4, target_modules=["0"]),
+    }[kind]
