@@ -659,19 +659,6 @@ def attach_slots(model: ModelLike, bank: RowBank) -> list[str]:
     return [lname for lname, _, wrapped in built if wrapped]
 
 
-def detach_slots(model: ModelLike, bank: RowBank) -> list[str]:
-    """Remove ``bank``'s slots; unwrap layers left with no adapter. The names unwrapped."""
-    unwrapped = []
-    for lname in bank.targets:
-        layer = model.base_model.get_submodule(lname)
-        if isinstance(layer, AdapterLinear):
-            layer.row_slots.pop(bank.key, None)
-            if not layer.adapters and not layer.row_slots:
-                _set_submodule(model.base_model, lname, layer.base_layer)
-                unwrapped.append(lname)
-    return unwrapped
-
-
 def _wrap(model: ModelLike, name: str, module: nn.Module, shared: SharedFactors) -> AdapterLinear:
     module.requires_grad_(False)
     layer = AdapterLinear(module, None, shared=shared)

@@ -214,7 +214,8 @@ class AdapterStore:
             bank = self.banks.get(shard.bank)
             previous = old.get(shard.file)
             if bank is None:
-                shard.problem = f"its bank {shard.bank} is not usable"
+                why = self.problems.get(f"bank {shard.bank}", "the index does not record it")
+                shard.problem = f"its bank {shard.bank} is not usable: {why}"
             elif previous is not None and previous.table is not None:
                 shard.table = previous.table  # unchanged file: keep its mapping
             else:
