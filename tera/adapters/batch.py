@@ -235,7 +235,7 @@ class RowRouter:
         # per call (this router is the call's own): the row adapters of the batch grouped
         # by where their rows come from, and their rows once gathered
         self._row_groups: list[tuple[RowSource, list[int], list[str]]] | None = None
-        self._gathered: dict[tuple[object, ...], torch.Tensor] = {}
+        self._gathered: dict[tuple[object, ...], Any] = {}
         self._has_modules: bool | None = None
 
     def row_groups(self) -> list[tuple[RowSource, list[int], list[str]]]:
@@ -353,11 +353,14 @@ class RowRouter:
             for i, position in enumerate(positions):
                 rsel = batch.rows_of([position], n_rows, device)
                 if rsel.numel():
-                    ops = slot.operands(w0, table[i])
-                    y = layer.run_with(engine, ops, dropout, x3.index_select(0, rsel), w0)
+                    one = slot.operands(w0, table[i])
+                    y = layer.run_with(engine, one, dropout, x3.index_select(0, rsel), w0)
                     out3 = out3.index_add(0, rsel, y.to(out3.dtype))
             return out3
-        ops = engine.operands(slot.operands(w0, table))
+        ops_key = ("ops", id(layer), id(source), w0.dtype, w0.device, backward)
+        ops: list[torch.Tensor] | None = self._gathered.get(ops_key)  # once per call
+        if ops is None:
+            ops = self._gathered[ops_key] = engine.operands(slot.operands(w0, table))
         local = batch.local_index(positions, index, device)
         xin = slot.apply_dropout(xs, training).to(ops[0].dtype)
         ys = engine.evaluator.push_rows(ops, slot.stacked, xin, local).to(out3.dtype)
