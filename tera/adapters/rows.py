@@ -300,8 +300,8 @@ class RowTable:
                     who = f"adapter {names[b]!r}" if names else f"row {int(index[b])}"
                     raise LoadError(
                         f"{who} in {self.source} is corrupted (its checksum does not match "
-                        "the one written with it); export it again from its source, or "
-                        "rewrite the store; the other adapters stay usable"
+                        "the one written with it); add it again from its source folder "
+                        "(store.add(name, folder, replace=True)); the other adapters stay usable"
                     )
                 self._verified[index.index_select(0, picked)] = True
         return out
