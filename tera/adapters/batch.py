@@ -225,7 +225,7 @@ class RowRouter:
     >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), config)
     >>> layer, x = model.adapter_layers["0"], torch.randn(2, 16)
     >>> router = RowRouter(RowAdapters.from_names(["default", "__base__"]))
-    >>> torch.equal(router.forward(layer, x)[1], layer.base_layer(x[1]))
+    >>> torch.equal(router.forward(layer, x)[1], layer.base_layer(x)[1])
     True
     """
 

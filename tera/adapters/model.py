@@ -244,7 +244,7 @@ class AdaptedModel(ManyAdapters, nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        """The names of the adapters held, in the order they were added."""
+        """The adapters held as modules, in the order added (rows: :attr:`adapter_rows`)."""
         return list(self._configs)
 
     @property

@@ -66,6 +66,7 @@ __all__ = [
     "RowLayout",
     "RowSlot",
     "RowTable",
+    "attach_slots",
     "bank_key",
     "row_checksums",
 ]

@@ -64,14 +64,22 @@ import torch
 
 from tera.adapters import io, registry
 from tera.adapters.rows import RowLayout, RowTable, bank_key, row_checksums
-from tera.errors import AdapterStateError, LoadError
+from tera.errors import AdapterStateError, ConfigError, LoadError
 
 try:  # POSIX: one writer at a time (elsewhere the caller must ensure it)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_NAME", "SHARD_ROWS", "AdapterStore", "StoreWarning"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INDEX_NAME",
+    "SHARD_ROWS",
+    "AdapterStore",
+    "StoreBank",
+    "StoreWarning",
+]
 
 INDEX_NAME = "tera_store.json"
 FORMAT = "tera-adapter-store"
@@ -141,7 +149,7 @@ class AdapterStore:
 
     def __init__(self, path: Path, shard_rows: int = SHARD_ROWS) -> None:
         if shard_rows < 1:
-            raise ValueError(f"shard_rows must be at least 1, got {shard_rows}")
+            raise ConfigError(f"shard_rows must be at least 1, got {shard_rows}")
         self.path = path
         self.shard_rows = shard_rows
         self.banks: dict[str, StoreBank] = {}

@@ -52,6 +52,12 @@ def test_row_adamw_is_adamw_row_by_row():
         RowAdamW([w], lr=-1.0)
     with pytest.raises(ConfigError):
         RowAdamW([w], betas=(0.9, 1.0))
+    # a closure is evaluated; a step naming no row changes nothing
+    w.grad = None
+    F.embedding(torch.zeros(0, dtype=torch.long), w, sparse=True).sum().backward()
+    kept = w.detach().clone()
+    assert float(opt.step(lambda: 3.0)) == 3.0
+    assert torch.equal(w, kept)
 
 
 def _model() -> AdaptedModel:
@@ -151,6 +157,7 @@ def test_bad_groups_are_refused():
     with pytest.raises(AdapterStateError, match="no row adapter"):
         model.train_adapters(["r3"])  # a module adapter
     group = model.train_adapters(["r1"])
+    assert "1 adapters" in repr(group)
     with pytest.raises(AdapterStateError, match="checked out"):
         model.train_adapters(["r1"])
     with pytest.raises(AdapterStateError, match="checked out"):

@@ -292,3 +292,36 @@ def test_lora_rows_in_a_mixed_batch_with_module_adapters():
         got = model(**batch, adapter_names=rows).logits
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=ATOL, rtol=RTOL)
+
+
+def test_a_failed_pack_or_unpack_leaves_the_adapter_where_it_was(monkeypatch):
+    model, names = _many("lora", 3)
+    batch = _batch(2)
+    with torch.no_grad():
+        before = model(**batch, adapter_names=["a1", "a2"]).logits
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "delete_adapter", broken)
+        with pytest.raises(RuntimeError):
+            model.pack_adapters(["a1"])
+    assert "a1" in model.adapter_names and "a1" not in model.adapter_rows
+    model.pack_adapters(["a2"])
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "adapter_parameters", broken)
+        with pytest.raises(RuntimeError):
+            model.unpack_adapters(["a2"])
+    assert "a2" in model.adapter_rows and "a2" not in model.adapter_names
+    with torch.no_grad():
+        after = model(**batch, adapter_names=["a1", "a2"]).logits
+    torch.testing.assert_close(after, before, atol=ATOL, rtol=RTOL)
+
+
+def test_packing_refuses_factors_that_cannot_be_regenerated():
+    model, names = _many("vera", 2)
+    key = model.shared_factors.keys()[0]
+    model.shared_factors.set(key, 2 * model.shared_factors.get(key))  # a PEFT VeRA's own
+    with pytest.raises(AdapterStateError, match="regenerated from the seed"):
+        model.pack_adapters(["a1"])

@@ -343,3 +343,59 @@ def test_a_store_adapting_more_layers_wraps_them_and_a_bank_that_does_not_fit_un
         assert message in next(iter(plain.adapter_rows.refused.values()))
         assert not any("v_proj" in n for n in plain.adapter_layers)  # unwrapped again
         assert not any(type(m).__name__ == "AdapterLinear" and m.row_slots for m in plain.modules())
+
+
+def test_shards_and_indexes_that_are_not_ours_are_refused(tmp_path):
+    from tera.adapters.store import _write_shard
+
+    _, folders = _folders(tmp_path, 2)
+    path = _store(tmp_path, folders)
+    index = json.loads((path / INDEX_NAME).read_text())
+    shard = path / index["shards"][0]["file"]
+    good = shard.read_bytes()
+    for old, new, message in (
+        (b'"F32"', b'"F16"', "rows of F16"),
+        (b'"I64"', b'"I32"', "checksums of I32"),
+        (b'"data_offsets":[0,', b'"data_offsets":[8,', "offsets"),
+    ):
+        shard.write_bytes(good.replace(old, new, 1))
+        with pytest.warns(StoreWarning, match=message):
+            AdapterStore.open(path)
+    shard.write_bytes(good)
+    # an empty shard is a shard (nothing in it); a name given twice is refused
+    bank = index["shards"][0]["bank"]
+    stride = json.loads(good[8 : 8 + int.from_bytes(good[:8], "little")])["rows"]["shape"][1]
+    _write_shard(path / "shard-empty.safetensors", bank, [], stride)
+    index["shards"].append({"file": "shard-empty.safetensors", "bank": bank, "names": []})
+    index["shards"][0]["names"][1] = "u0"
+    (path / INDEX_NAME).write_text(json.dumps(index))
+    store = AdapterStore.open(path)
+    assert "2 times" in store.refused["u0"] and list(store.names()) == []
+    assert repr(store).startswith("AdapterStore(") and "0 adapters" in repr(store)
+    for broken, message in (
+        ({"format": "other"}, "not the index"),
+        ({**index, "format_version": 99}, "upgrade tera"),
+        ({"format": index["format"], "format_version": 1}, "lacks its banks"),
+    ):
+        (path / INDEX_NAME).write_text(json.dumps(broken))
+        with pytest.raises(LoadError, match=message):
+            AdapterStore.open(path)
+
+
+def test_a_writers_own_mistakes_are_refused(tmp_path):
+    from tera.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shard_rows"):
+        AdapterStore.create(tmp_path / "s", shard_rows=0)
+    _, folders = _folders(tmp_path, 2)
+    store = AdapterStore.create(tmp_path / "store")
+    store.add("a", folders[0], replace=True)
+    with pytest.raises(AdapterStateError, match="waiting"):
+        store.add("a", folders[1], replace=True)
+    store.add("b", folders[1])
+    other = AdapterStore.open(tmp_path / "store")  # a second writer adds "b" first
+    other.add("b", folders[0])
+    other.close()
+    with pytest.raises(AdapterStateError, match="another writer"):
+        store.flush()
+    assert list(AdapterStore.open(tmp_path / "store").names()) == ["b"]
