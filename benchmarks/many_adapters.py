@@ -107,10 +107,9 @@ def write_adapters(template: AdaptedModel, root: Path, n: int) -> list[Path]:
     return folders
 
 
-def _randomized(model: AdaptedModel, seed: int) -> dict[str, torch.Tensor]:
-    """The initial tensors of ``model``'s adapter plus noise of 0.01 (``serve.randomize``)."""
+def _randomized(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """An adapter's initial tensors ``state`` plus noise of 0.01 (``serve.randomize``)."""
     g = torch.Generator().manual_seed(seed)
-    state = saving.adapter_state(model, False, "default")
     return {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in state.items()}
 
 
@@ -125,20 +124,22 @@ def ensure_store(template: AdaptedModel, folder: Path, n: int) -> tuple[Path, fl
         count = sum(1 for s in index["shards"] for name in s["names"] if name is not None)
         if list(index["banks"]) == [bank_key(meta)] and count == n:
             return folder, None
-        if any(p.suffix not in (".json", ".safetensors", ".lock") for p in folder.iterdir()):
+        ours = (".json", ".safetensors", ".tmp")
+        if any(p.name != ".lock" and p.suffix not in ours for p in folder.iterdir()):
             raise SystemExit(f"{folder} holds files that are no store's; choose another folder")
         shutil.rmtree(folder)
     start = time.perf_counter()
+    state = saving.adapter_state(template, False, "default")
     with AdapterStore.create(folder) as store:
         for i in range(n):
-            store.add_tensors(f"user{i:06d}", meta, _randomized(template, i))
+            store.add_tensors(f"user{i:06d}", meta, _randomized(state, i))
     return folder, time.perf_counter() - start
 
 
 def _adapted(base: nn.Module, kind: str) -> AdaptedModel:
     """A copy of ``base`` with ``kind``'s harness adapter ("default", randomized), eval."""
     model = adapt(copy.deepcopy(base), harness_config(base, kind))
-    state = _randomized(model, seed=10**6)
+    state = _randomized(saving.adapter_state(model, False, "default"), seed=10**6)
     with torch.no_grad():
         for key, p in model.adapter_parameters():
             p.copy_(state[key])

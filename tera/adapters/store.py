@@ -532,12 +532,11 @@ def _sweep(folder: Path, index: Mapping[str, Any]) -> None:
 
 
 def _write_shard(path: Path, bank: str, rows: Sequence[torch.Tensor], stride: int) -> None:
-    """A safetensors file: ``rows`` (F32, ``(n, stride)``, from a page) and ``checksums``."""
-    table = torch.zeros(len(rows), stride)
-    for i, row in enumerate(rows):
-        table[i, : row.shape[0]] = row
-    sums = row_checksums(table)
-    row_bytes = table.numel() * 4
+    """A safetensors file: ``rows`` (F32, ``(n, stride)``, from a page) and ``checksums``.
+
+    Written row by row (no copy of the whole table in memory), synced, then renamed.
+    """
+    row_bytes = len(rows) * stride * 4
     header: dict[str, Any] = {
         "__metadata__": {"format": FORMAT, "bank": bank},
         "rows": {"dtype": "F32", "shape": [len(rows), stride], "data_offsets": [0, row_bytes]},
@@ -550,12 +549,17 @@ def _write_shard(path: Path, bank: str, rows: Sequence[torch.Tensor], stride: in
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % _PAGE)  # the rows start on a page
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    padded = torch.zeros(1, stride)
+    sums = torch.zeros(len(rows), dtype=torch.int64)
     try:
         with open(tmp, "wb") as handle:
             handle.write(struct.pack("<Q", len(text)))
             handle.write(text)
-            handle.write(table.numpy().astype("<f4").tobytes())
-            handle.write(sums.numpy().astype("<i8").tobytes())
+            for i, row in enumerate(rows):
+                padded[0, : row.shape[0]] = row
+                sums[i] = row_checksums(padded)[0]
+                handle.write(padded.numpy().astype("<f4", copy=False).tobytes())
+            handle.write(sums.numpy().astype("<i8", copy=False).tobytes())
             handle.flush()
             os.fsync(handle.fileno())
             if hasattr(os, "posix_fadvise"):  # written once, read by row: drop the pages
