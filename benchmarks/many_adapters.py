@@ -110,7 +110,9 @@ def write_adapters(template: AdaptedModel, root: Path, n: int) -> list[Path]:
 def _randomized(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """An adapter's initial tensors ``state`` plus noise of 0.01 (``serve.randomize``)."""
     g = torch.Generator().manual_seed(seed)
-    return {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+    noise = 0.01 * torch.randn(sum(v.numel() for v in state.values()), generator=g)
+    parts = noise.split([v.numel() for v in state.values()])
+    return {k: v + n.reshape(v.shape) for (k, v), n in zip(state.items(), parts, strict=True)}
 
 
 def ensure_store(template: AdaptedModel, folder: Path, n: int) -> tuple[Path, float | None]:
@@ -130,9 +132,14 @@ def ensure_store(template: AdaptedModel, folder: Path, n: int) -> tuple[Path, fl
         shutil.rmtree(folder)
     start = time.perf_counter()
     state = saving.adapter_state(template, False, "default")
+    g = torch.Generator().manual_seed(1)
     with AdapterStore.create(folder) as store:
-        for i in range(n):
-            store.add_tensors(f"user{i:06d}", meta, _randomized(state, i))
+        for first in range(0, n, 1024):  # 1,024 adapters at a time: initial values + noise
+            count = min(1024, n - first)
+            tensors = {
+                k: v + 0.01 * torch.randn(count, *v.shape, generator=g) for k, v in state.items()
+            }
+            store.add_many([f"user{i:06d}" for i in range(first, first + count)], meta, tensors)
     return folder, time.perf_counter() - start
 
 

@@ -39,6 +39,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,14 +77,13 @@ ROW_ALIGN = 1024
 """Rows of a mapped shard are padded to a multiple of this many floats (4 KiB pages), so
 touching one adapter maps its own pages only."""
 
-_CHECKSUM_DTYPE = torch.int64
-
 
 def row_checksums(rows: torch.Tensor) -> torch.Tensor:
     """A position-weighted sum of each row's 32-bit words, ``(rows,)`` int64 (wrapping).
 
     Any change of a single word changes it, and so does swapping two different words;
     integer arithmetic wraps modulo 2**64 in any order, so every platform gets the same.
+    Computed with numpy on one thread (called per row while writing a store).
 
     Examples
     --------
@@ -95,9 +96,15 @@ def row_checksums(rows: torch.Tensor) -> torch.Tensor:
     >>> bool(row_checksums(rows)[0] == row_checksums(rows)[1])
     False
     """
-    words = rows.detach().contiguous().view(torch.int32).to(_CHECKSUM_DTYPE) & 0xFFFFFFFF
-    weights = torch.arange(1, words.shape[-1] + 1, dtype=_CHECKSUM_DTYPE, device=words.device)
-    return (words * weights).sum(-1)
+    words = rows.detach().to("cpu", torch.float32).contiguous().numpy().view(np.uint32)
+    weights = _weights(int(words.shape[-1]))
+    with np.errstate(over="ignore"):
+        return torch.from_numpy((words.astype(np.int64) * weights).sum(axis=-1))
+
+
+@functools.lru_cache(maxsize=8)
+def _weights(width: int) -> np.ndarray:
+    return np.arange(1, width + 1, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -174,30 +181,44 @@ class RowLayout:
             Missing or unexpected tensors, another shape, a dtype float32 cannot hold
             exactly (float64), or NaN/inf values.
         """
+        return self.flatten_many({k: v[None] for k, v in tensors.items()}, [where])[0]
+
+    def flatten_many(
+        self, tensors: Mapping[str, torch.Tensor], where: Sequence[str]
+    ) -> torch.Tensor:
+        """The rows of several adapters, ``(len(where), width)``: tensors stacked on axis 0.
+
+        ``where`` names each adapter (in error messages). Raises as :meth:`flatten`, naming
+        the adapters whose tensors are not finite.
+        """
+        n = len(where)
+        what = where[0] if n == 1 else f"adapters {list(where[:3])}..."
         missing = sorted(set(self.keys) - set(tensors))
         unexpected = sorted(set(tensors) - set(self.keys))
         if missing or unexpected:
             raise LoadError(
-                f"{where} does not fit the bank's layout: missing {missing[:4]}, unexpected "
+                f"{what} does not fit the bank's layout: missing {missing[:4]}, unexpected "
                 f"{unexpected[:4]}; adapters of one bank save the same tensors"
             )
         parts = []
         for key, shape in zip(self.keys, self.shapes, strict=True):
             t = tensors[key]
-            if tuple(t.shape) != shape:
+            if tuple(t.shape) != (n, *shape):
                 raise LoadError(
-                    f"tensor '{key}' of {where} has shape {tuple(t.shape)}, not {shape}"
+                    f"tensor '{key}' of {what} has shape {tuple(t.shape[1:])}, not {shape}"
                 )
             if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 raise LoadError(
-                    f"tensor '{key}' of {where} is {t.dtype}; rows hold float32 (and the "
+                    f"tensor '{key}' of {what} is {t.dtype}; rows hold float32 (and the "
                     "half types, exactly): convert the adapter to float32 first"
                 )
-            parts.append(t.detach().to("cpu", torch.float32).reshape(-1))
-        row = torch.cat(parts) if parts else torch.zeros(0)
-        if not bool(torch.isfinite(row).all()):
-            raise LoadError(f"{where} holds NaN/inf values; rows must be finite")
-        return row
+            parts.append(t.detach().to("cpu", torch.float32).reshape(n, -1))
+        rows = torch.cat(parts, dim=1) if parts else torch.zeros(n, 0)
+        finite = np.isfinite(rows.numpy()).all(axis=1)  # one thread: called while writing
+        if not finite.all():
+            bad = [w for w, ok in zip(where, finite.tolist(), strict=True) if not ok]
+            raise LoadError(f"{', '.join(bad[:3])} hold(s) NaN/inf values; rows must be finite")
+        return rows
 
     def unflatten(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """The named tensors of a row (views of it)."""

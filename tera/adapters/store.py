@@ -87,6 +87,7 @@ FORMAT_VERSION = 1
 SHARD_ROWS = 4096
 """Adapters per shard written (a TeRA adapter of SmolLM2-135M: 4096 rows, ~600 MB)."""
 _PAGE = 4096
+_BLOCK = 256  # rows written (and checksummed) at a time
 _MAX_HEADER = 1 << 20
 
 
@@ -365,39 +366,60 @@ class AdapterStore:
         replace: bool = False,
     ) -> None:
         """Add one adapter from its meta (``adapter_config.json``) and tensors (as :meth:`add`)."""
-        _check_name(name)
-        if not replace and (name in self._pending_names or name in self._locations()):
+        self.add_many([name], meta, {k: v[None] for k, v in tensors.items()}, replace)
+
+    def add_many(
+        self,
+        names: Sequence[str],
+        meta: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        replace: bool = False,
+    ) -> None:
+        """Add adapters of one meta at once: ``tensors[k][i]`` is adapter ``names[i]``'s.
+
+        What a bulk writer (a conversion, a benchmark) uses: the checks of :meth:`add`,
+        made once for all of them. Nothing is added if any adapter is refused.
+        """
+        for name in names:
+            _check_name(name)
+        held = [n for n in names if n in self._pending_names or n in self._locations()]
+        if held and not replace:
             raise AdapterStateError(
-                f"the store already holds an adapter named {name!r}; pass replace=True to "
-                "replace it"
+                f"the store already holds an adapter named {held[0]!r} (and {len(held) - 1} "
+                "more); pass replace=True to replace them"
             )
-        if name in self._pending_names:
-            raise AdapterStateError(f"adapter {name!r} is already waiting to be written")
+        waiting = [n for n in names if n in self._pending_names]
+        if waiting or len(set(names)) != len(names):
+            raise AdapterStateError(
+                f"adapters {waiting[:3] or list(names[:3])} are already waiting to be written"
+            )
         if meta.get("modules_to_save"):
             raise LoadError(
-                f"adapter {name!r} comes with modules_to_save {meta['modules_to_save']}; a "
-                "store holds adapters only (save them without modules_to_save)"
+                f"adapters {list(names[:3])} come with modules_to_save "
+                f"{meta['modules_to_save']}; a store holds adapters only (save them without)"
             )
         for required in ("kind", "config", "targets", "factor_keys", "factor_fingerprint"):
             if required not in meta:
-                raise LoadError(f"the meta of adapter {name!r} lacks {required!r}")
+                raise LoadError(f"the meta of adapters {list(names[:3])} lacks {required!r}")
         registry.config_from_dict(meta["config"])
         own = {k: v for k, v in tensors.items() if not k.startswith(io.FACTOR_PREFIX)}
         bid = bank_key(meta)
         bank = self.banks.get(bid)
         if bank is None:
-            layout = RowLayout.of({k: tuple(own[k].shape) for k in sorted(own)})
+            layout = RowLayout.of({k: tuple(own[k].shape[1:]) for k in sorted(own)})
             kept = {k: meta[k] for k in ("kind", "config", "seed", "targets") if k in meta}
             kept.update(
                 factor_keys=list(meta["factor_keys"]),
                 factor_fingerprint=meta["factor_fingerprint"],
                 modules_to_save=[],
             )
-            bank = self.banks[bid] = StoreBank(bid, kept, layout)
-        row = bank.layout.flatten(own, f"adapter {name!r}")
-        self._pending.setdefault(bid, _Pending()).rows.append((name, row))
-        self._pending_names[name] = replace
-        if len(self._pending[bid].rows) >= self.shard_rows:
+            bank = StoreBank(bid, kept, layout)
+        rows = bank.layout.flatten_many(own, [f"adapter {n!r}" for n in names])
+        self.banks[bid] = bank
+        pending = self._pending.setdefault(bid, _Pending()).rows
+        pending.extend(zip(names, rows, strict=True))
+        self._pending_names.update(dict.fromkeys(names, replace))
+        if len(pending) >= self.shard_rows:
             self.flush()
 
     def flush(self) -> None:
@@ -534,7 +556,7 @@ def _sweep(folder: Path, index: Mapping[str, Any]) -> None:
 def _write_shard(path: Path, bank: str, rows: Sequence[torch.Tensor], stride: int) -> None:
     """A safetensors file: ``rows`` (F32, ``(n, stride)``, from a page) and ``checksums``.
 
-    Written row by row (no copy of the whole table in memory), synced, then renamed.
+    Written block by block (no copy of the whole table in memory), synced, then renamed.
     """
     row_bytes = len(rows) * stride * 4
     header: dict[str, Any] = {
@@ -549,17 +571,18 @@ def _write_shard(path: Path, bank: str, rows: Sequence[torch.Tensor], stride: in
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % _PAGE)  # the rows start on a page
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    padded = torch.zeros(1, stride)
-    sums = torch.zeros(len(rows), dtype=torch.int64)
+    sums = [torch.zeros(0, dtype=torch.int64)]
     try:
         with open(tmp, "wb") as handle:
             handle.write(struct.pack("<Q", len(text)))
             handle.write(text)
-            for i, row in enumerate(rows):
-                padded[0, : row.shape[0]] = row
-                sums[i] = row_checksums(padded)[0]
-                handle.write(padded.numpy().astype("<f4", copy=False).tobytes())
-            handle.write(sums.numpy().astype("<i8", copy=False).tobytes())
+            for start in range(0, len(rows), _BLOCK):
+                chunk = list(rows[start : start + _BLOCK])
+                block = torch.zeros(len(chunk), stride)
+                block[:, : chunk[0].shape[0]] = torch.stack(chunk)
+                sums.append(row_checksums(block))
+                handle.write(block.numpy().astype("<f4", copy=False).tobytes())
+            handle.write(torch.cat(sums).numpy().astype("<i8", copy=False).tobytes())
             handle.flush()
             os.fsync(handle.fileno())
             if hasattr(os, "posix_fadvise"):  # written once, read by row: drop the pages
