@@ -630,8 +630,8 @@ def _map_shard(path: Path, stride: int) -> RowTable:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as err:
         raise LoadError(f"{path.name} is corrupted or not a shard of this store ({err})") from None
-    if hasattr(mapped, "madvise"):  # rows are read at random: no readahead around a fault
+    if hasattr(mmap, "MADV_RANDOM"):  # rows are read at random: no readahead around a fault
         mapped.madvise(mmap.MADV_RANDOM)
     table = torch.frombuffer(mapped, dtype=torch.float32, count=n * stride, offset=start)
     sums_t = torch.frombuffer(mapped, dtype=torch.int64, count=n, offset=start + row_bytes).clone()
-    return RowTable(table.view(n, stride), n, str(path), sums_t, keep=mapped)
+    return RowTable(table.view(n, stride), n, str(path), sums_t, keep=mapped, offset=start)
