@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -33,31 +33,33 @@ from tera.errors import AdapterStateError, FingerprintError, FormatError, LoadEr
 __all__ = ["AdapterRows", "ManyAdapters"]
 
 
-class _Host(Protocol):
-    """What the methods below need of the model (an ``AdaptedModel``)."""
+if TYPE_CHECKING:
 
-    base_model: nn.Module
-    modules_to_save: list[str]
-    _configs: dict[str, AdapterConfig]
-    _layer_names: list[str]
-    _rows: AdapterRows
+    class _Host(Protocol):
+        """What the methods below need of the model (an ``AdaptedModel``)."""
 
-    @property
-    def adapter_layers(self) -> dict[str, AdapterLinear]: ...
-    @property
-    def shared_factors(self) -> SharedFactors: ...
-    @property
-    def peft_config(self) -> dict[str, AdapterConfig]: ...
-    @property
-    def active_adapter(self) -> str: ...
-    def adapter_parameters(
-        self, adapter_name: str | None = None
-    ) -> Iterator[tuple[str, nn.Parameter]]: ...
-    def add_adapter(
-        self, adapter_name: str, config: AdapterConfig, *, targets: Sequence[str] | None = None
-    ) -> None: ...
-    def delete_adapter(self, adapter_name: str) -> None: ...
-    def unpack_adapters(self, names: Iterable[str]) -> None: ...
+        base_model: nn.Module
+        modules_to_save: list[str]
+        _configs: dict[str, AdapterConfig]
+        _layer_names: list[str]
+        _rows: AdapterRows
+
+        @property
+        def adapter_layers(self) -> dict[str, AdapterLinear]: ...
+        @property
+        def shared_factors(self) -> SharedFactors: ...
+        @property
+        def peft_config(self) -> dict[str, AdapterConfig]: ...
+        @property
+        def active_adapter(self) -> str: ...
+        def adapter_parameters(
+            self, adapter_name: str | None = None
+        ) -> Iterator[tuple[str, nn.Parameter]]: ...
+        def add_adapter(
+            self, adapter_name: str, config: AdapterConfig, *, targets: Sequence[str] | None = None
+        ) -> None: ...
+        def delete_adapter(self, adapter_name: str) -> None: ...
+        def unpack_adapters(self, names: Iterable[str]) -> None: ...
 
 
 class ManyAdapters:
