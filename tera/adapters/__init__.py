@@ -40,6 +40,7 @@ from tera.adapters.quantized import (
     weight_bytes,
 )
 from tera.adapters.registry import config_from_dict
+from tera.adapters.store import AdapterStore, StoreWarning
 
 __all__ = [
     "BANK_CACHE",
@@ -48,12 +49,14 @@ __all__ = [
     "AdaptedModel",
     "AdapterConfig",
     "AdapterLinear",
+    "AdapterStore",
     "ExecutionPolicy",
     "HiRAConfig",
     "LoRAConfig",
     "ParameterReport",
     "QuantizedMergeWarning",
     "RowAdapters",
+    "StoreWarning",
     "TeRAConfig",
     "VeRAConfig",
     "adapt",

@@ -10,6 +10,12 @@ pass: TeRA and VeRA scale activations per row between shared GEMMs, LoRA gathers
 matrices for batched GEMMs. An adapter that belongs to no bank (HiRA, whose ``dW`` depends
 on ``W0``) runs on its own rows through the layer's one body (:meth:`AdapterLinear.run`).
 
+Adapters held as rows (:mod:`tera.adapters.rows`: a store's, packed ones, a training
+group's) are gathered once per call, bank by bank (one ``index_select`` of their rows, kept
+by the call's router for all its layers and decoding steps); every layer slices its
+tensors out of them. Nothing is stacked or cached per batch composition: any draw of
+adapters costs the same.
+
 Examples
 --------
 >>> import torch
@@ -19,14 +25,14 @@ Examples
 >>> model.add_adapter("bob", LoRAConfig(r=2, target_modules=["0"]))
 >>> x = torch.randn(3, 8)
 >>> y = model(x, adapter_names=["default", "__base__", "bob"])
->>> torch.equal(y[1], model.base_model[0].base_layer(x[1]))
+>>> torch.equal(y[1], model.base_model[0].base_layer(x)[1])
 True
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -36,6 +42,7 @@ from torch import nn
 from tera.adapters.base import Adapter
 from tera.adapters.engine import Evaluator, needs_backward
 from tera.adapters.layer import ROW_ROUTING, AdapterLinear
+from tera.adapters.rows import AdapterRows, RowSlot, RowSource
 from tera.errors import AdapterStateError, ShapeError
 
 __all__ = ["BANK_CACHE", "BASE_ADAPTER", "PLAN_CACHE", "RowAdapters", "RowRouter", "route"]
@@ -140,8 +147,9 @@ class RowAdapters:
 def route(
     names: Sequence[str],
     layers: Sequence[AdapterLinear],
-    known: Sequence[str],
+    known: Collection[str],
     first_input: object = None,
+    rows: AdapterRows | None = None,
 ) -> Iterator[None]:
     """Inside, every adapted layer runs row ``b`` through adapter ``names[b]`` (this call only).
 
@@ -151,16 +159,20 @@ def route(
         One adapter name per row, :data:`BASE_ADAPTER` for the base model.
     layers : sequence of AdapterLinear
         The model's adapted layers (checked: none may be merged).
-    known : sequence of str
-        The adapters the model holds.
+    known : collection of str
+        The adapters the model holds as modules.
     first_input : object, optional
         The call's first input (``input_ids``, ...): its rows are checked against ``names``.
+    rows : AdapterRows, optional
+        The adapters the model holds as rows.
 
     Raises
     ------
     AdapterStateError
         ``names`` is not a list of names, names an adapter the model does not hold, or the
         model is merged (its weights hold one adapter).
+    LoadError
+        ``names`` names a row adapter that was refused (a corrupted shard, ...).
     ShapeError
         ``names`` does not give one name per row.
     """
@@ -168,11 +180,16 @@ def route(
         raise AdapterStateError(
             f"adapter_names must be a list of adapter names, one per row, got {names!r}"
         )
-    unknown = sorted({n for n in names if n != BASE_ADAPTER and n not in known})
+    held = rows if rows is not None else ()
+    unknown = sorted({n for n in names if n != BASE_ADAPTER and n not in known and n not in held})
     if unknown:
+        for name in unknown:
+            if rows is not None:
+                rows.check(name)  # a refused row adapter: its reason
+        extra = f" and {len(rows)} row adapter(s)" if rows is not None and len(rows) else ""
         raise AdapterStateError(
-            f"adapter_names names {unknown}, which this model does not hold; it holds "
-            f"{list(known)} (and {BASE_ADAPTER!r} gives the base model)"
+            f"adapter_names names {unknown[:8]}, which this model does not hold; it holds "
+            f"{list(known)[:8]}{extra} (and {BASE_ADAPTER!r} gives the base model)"
         )
     if any(layer.merged for layer in layers):
         raise AdapterStateError(
@@ -188,7 +205,7 @@ def route(
             f"adapter_names gives {len(names)} names for a batch of {first_input.shape[0]} "
             "rows; give one name per row"
         )
-    token = ROW_ROUTING.set(RowRouter(RowAdapters.from_names(list(names))))
+    token = ROW_ROUTING.set(RowRouter(RowAdapters.from_names(list(names)), rows))
     try:
         yield
     finally:
@@ -208,12 +225,51 @@ class RowRouter:
     >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), config)
     >>> layer, x = model.adapter_layers["0"], torch.randn(2, 16)
     >>> router = RowRouter(RowAdapters.from_names(["default", "__base__"]))
-    >>> torch.equal(router.forward(layer, x)[1], layer.base_layer(x[1]))
+    >>> torch.equal(router.forward(layer, x)[1], layer.base_layer(x)[1])
     True
     """
 
-    def __init__(self, batch: RowAdapters) -> None:
+    def __init__(self, batch: RowAdapters, rows: AdapterRows | None = None) -> None:
         self.batch = batch
+        self.rows = rows
+        # per call (this router is the call's own): the row adapters of the batch grouped
+        # by where their rows come from, and their rows once gathered
+        self._row_groups: list[tuple[RowSource, list[int], list[str]]] | None = None
+        self._gathered: dict[tuple[object, ...], Any] = {}
+        self._has_modules: bool | None = None
+
+    def row_groups(self) -> list[tuple[RowSource, list[int], list[str]]]:
+        """The batch's row adapters by source: ``(source, positions in names, names)``."""
+        found = self._row_groups
+        if found is None:
+            groups: dict[int, tuple[RowSource, list[int], list[str]]] = {}
+            rows = self.rows
+            if rows is not None and len(rows):
+                for position, name in enumerate(self.batch.names):
+                    if name != BASE_ADAPTER and name in rows:
+                        source = rows.source(name)
+                        entry = groups.setdefault(id(source), (source, [], []))
+                        entry[1].append(position)
+                        entry[2].append(name)
+            found = self._row_groups = list(groups.values())
+        return found
+
+    def has_modules(self) -> bool:
+        """Whether the batch names an adapter held as a module (else: rows and base only)."""
+        found = self._has_modules
+        if found is None:
+            rows = self.rows if self.rows is not None else ()
+            names = self.batch.names
+            found = self._has_modules = any(n != BASE_ADAPTER and n not in rows for n in names)
+        return found
+
+    def gathered(self, source: RowSource, names: list[str], device: torch.device) -> torch.Tensor:
+        """The rows of ``names`` from ``source`` on ``device``: gathered once per call."""
+        key = (id(source), device, torch.is_grad_enabled())
+        found = self._gathered.get(key)
+        if found is None:
+            found = self._gathered[key] = source.gather(names, device)
+        return found
 
     def forward(
         self, layer: AdapterLinear, x: torch.Tensor, *args: Any, **kwargs: Any
@@ -237,7 +293,7 @@ class RowRouter:
         x3 = x.reshape(n_rows, -1, layer.in_features)
         out3 = result.reshape(n_rows, -1, layer.out_features)
         groups: list[_Group] = []
-        for positions, names, bank in plan_banks(layer, batch):
+        for positions, names, bank in plan_banks(layer, batch) if self.has_modules() else ():
             if bank is not None and runs_one_by_one(layer, batch, names, positions, x3):
                 groups += [([p], [n], None) for p, n in zip(positions, names, strict=True)]
             else:
@@ -257,7 +313,58 @@ class RowRouter:
                 ys = layer.run(names[0], xs, layer.weight_for(adapter, xs))
             ys = ys.to(out3.dtype)
             out3 = out3 + ys if whole else out3.index_add(0, sel, ys)
+        for source, positions, names in self.row_groups():
+            slot = layer.row_slots.get(source.key)
+            if slot is not None:
+                out3 = self._run_rows(layer, slot, source, positions, names, x3, out3, index)
         return out3.reshape(result.shape)
+
+    def _run_rows(
+        self,
+        layer: AdapterLinear,
+        slot: RowSlot,
+        source: RowSource,
+        positions: list[int],
+        names: list[str],
+        x3: torch.Tensor,
+        out3: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Add the outputs of row adapters ``names`` (one bank) to their rows of ``out3``."""
+        batch, n_rows, device = self.batch, int(x3.shape[0]), x3.device
+        sel = batch.rows_of(positions, n_rows, device)
+        if sel.numel() == 0:
+            return out3
+        whole = sel.numel() == n_rows
+        xs = x3 if whole else x3.index_select(0, sel)
+        w0 = layer.weight_for(slot.adapter, xs)
+        engine = slot.engine(w0)
+        table = self.gathered(source, names, w0.device)
+        backward = torch.is_grad_enabled() and table.requires_grad
+        key = ("rows-split", id(layer), source.key, tuple(positions), n_rows, x3.shape[1], backward)
+        split = batch._cache.get(key)
+        if split is None:
+            counts = torch.bincount(index, minlength=len(batch.names))
+            tokens = [int(counts[p]) * int(x3.shape[1]) for p in positions]
+            split = batch._cache[key] = layer.split_bank(engine, tokens, backward)
+        training = layer.training and slot.dropout > 0
+        if split:  # adapter by adapter, each on the one body of a layer
+            dropout: nn.Module = nn.Dropout(slot.dropout) if training else layer._no_dropout
+            for i, position in enumerate(positions):
+                rsel = batch.rows_of([position], n_rows, device)
+                if rsel.numel():
+                    one = slot.operands(w0, table[i])
+                    y = layer.run_with(engine, one, dropout, x3.index_select(0, rsel), w0)
+                    out3 = out3.index_add(0, rsel, y.to(out3.dtype))
+            return out3
+        ops_key = ("ops", id(layer), id(source), w0.dtype, w0.device, backward)
+        ops: list[torch.Tensor] | None = self._gathered.get(ops_key)  # once per call
+        if ops is None:
+            ops = self._gathered[ops_key] = engine.operands(slot.operands(w0, table))
+        local = batch.local_index(positions, index, device)
+        xin = slot.apply_dropout(xs, training).to(ops[0].dtype)
+        ys = engine.evaluator.push_rows(ops, slot.stacked, xin, local).to(out3.dtype)
+        return out3 + ys if whole else out3.index_add(0, sel, ys)
 
 
 def plan_banks(layer: AdapterLinear, batch: RowAdapters) -> list[_Group]:

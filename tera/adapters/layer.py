@@ -152,7 +152,7 @@ class AdapterLinear(nn.Module):
     def __init__(
         self,
         base_layer: nn.Module,
-        adapter: Adapter,
+        adapter: Adapter | None,
         dropout: float = 0.0,
         shared: SharedFactors | None = None,
         adapter_name: str = "default",
@@ -168,7 +168,9 @@ class AdapterLinear(nn.Module):
             )
         self.base_layer = base_layer
         # the model-wide SharedFactors, registered here so .to() reaches it from any root
-        self.tera_factors = shared if shared is not None else adapter.shared
+        if shared is None and adapter is None:
+            raise AdapterStateError("a layer without an adapter needs the model's shared factors")
+        self.tera_factors = shared if shared is not None else adapter.shared  # type: ignore[union-attr]
         self.adapters = nn.ModuleDict()
         self.dropouts = nn.ModuleDict()
         self.in_features, self.out_features = in_features, out_features
@@ -193,7 +195,11 @@ class AdapterLinear(nn.Module):
         self.bank_cache: dict[tuple[object, ...], Any] = {}
         """What :mod:`tera.adapters.batch` derives from this layer's adapters (it owns the
         entries); emptied whenever the adapters or their device/dtype change."""
-        self.add_adapter(adapter_name, adapter, dropout)
+        self.row_slots: dict[object, Any] = {}
+        """The banks of row adapters this layer serves (:mod:`tera.adapters.rows` owns the
+        entries): adapters stored as rows of stacked tensors, not as modules."""
+        if adapter is not None:  # None: a layer that serves row adapters only
+            self.add_adapter(adapter_name, adapter, dropout)
 
     # -- the adapters it holds -------------------------------------------------------------
     @property
@@ -216,6 +222,20 @@ class AdapterLinear(nn.Module):
         """The evaluator an adapter's network declared (shared by adapters of one scheme)."""
         return self._evaluators[adapter_name]
 
+    def evaluator_for(self, adapter: Adapter) -> Evaluator:
+        """The evaluator of ``adapter``'s network on this layer (built once per scheme).
+
+        An evaluator depends on the network's shapes only: adapters of one kind and scheme
+        on this layer share one (validated and planned once).
+        """
+        net = adapter.network(self.base_weight())
+        key = (type(adapter), net.subscripts, net.shapes(), net.in_shape, net.out_shape)
+        evaluator = self._shared_evaluators.get(key)
+        if evaluator is None:
+            evaluator = build_evaluator(net)
+            self._shared_evaluators[key] = evaluator
+        return evaluator
+
     def add_adapter(self, name: str, adapter: Adapter, dropout: float = 0.0) -> None:
         """Hold ``adapter`` under ``name`` too (the active adapter does not change)."""
         if name in self.adapters:
@@ -225,14 +245,7 @@ class AdapterLinear(nn.Module):
                 f"adapter {name!r} is {adapter.in_features} -> {adapter.out_features} but the "
                 f"layer is {self.in_features} -> {self.out_features}"
             )
-        net = adapter.network(self.base_weight())
-        # an evaluator depends on the network's shapes only: adapters of one kind and
-        # scheme on this layer share one (validated and planned once)
-        key = (type(adapter), net.subscripts, net.shapes(), net.in_shape, net.out_shape)
-        evaluator = self._shared_evaluators.get(key)
-        if evaluator is None:
-            evaluator = build_evaluator(net)
-            self._shared_evaluators[key] = evaluator
+        evaluator = self.evaluator_for(adapter)
         self.adapters[name] = adapter
         self.dropouts[name] = nn.Dropout(dropout) if dropout > 0 else self._no_dropout
         self._evaluators[name] = evaluator
@@ -373,7 +386,7 @@ class AdapterLinear(nn.Module):
         w0: torch.Tensor,
         base: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> torch.Tensor:
-        """Run adapter ``name`` on ``x``: the one body of every forward path.
+        """Run adapter ``name`` on ``x``: :meth:`run_with` its engine, operands and dropout.
 
         With ``base`` (the base layer's extra arguments) the result is the base output
         plus the adapter's, and ``W0 + dW`` may be fused into one matmul when the policy
@@ -381,9 +394,23 @@ class AdapterLinear(nn.Module):
         ``w0`` is :meth:`weight_for`'s.
         """
         adapter: Adapter = self.adapters[name]  # type: ignore[assignment]
-        dropout = self.dropouts[name]
         engine = self.engine(w0, name)
-        raw = adapter.operands(w0)
+        return self.run_with(engine, adapter.operands(w0), self.dropouts[name], x, w0, base)
+
+    def run_with(
+        self,
+        engine: LayerEngine,
+        raw: list[torch.Tensor],
+        dropout: nn.Module,
+        x: torch.Tensor,
+        w0: torch.Tensor,
+        base: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    ) -> torch.Tensor:
+        """The one body of every forward path: one adapter's operands ``raw`` on ``x``.
+
+        :meth:`run` gives a held adapter's; a row adapter (:mod:`tera.adapters.rows`)
+        gives the tensors of its row. The path (materialize or push) is :meth:`choose`'s.
+        """
         tokens = x.numel() // self.in_features if self.in_features else 0
         policy = engine.policy
         no_dropout = isinstance(dropout, nn.Identity) or not self.training

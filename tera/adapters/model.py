@@ -25,6 +25,7 @@ from tera.adapters.batch import route
 from tera.adapters.config import AdapterConfig
 from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import AdapterLinear, EnginePath
+from tera.adapters.many import AdapterRows, ManyAdapters
 from tera.adapters.targets import (
     ParameterReport,
     attach,
@@ -152,7 +153,7 @@ class _ForwardDescriptor:
         return _call_base if obj is None else _Forward(obj)
 
 
-class AdaptedModel(nn.Module):
+class AdaptedModel(ManyAdapters, nn.Module):
     """A model with adapters attached; forwards everything else to the base model.
 
     Attributes not defined here (``config``, ``get_input_embeddings``, ...) are looked up
@@ -188,6 +189,7 @@ class AdaptedModel(nn.Module):
         self._active = adapter_name
         self._layer_names = list(layers)
         self.modules_to_save = modules_to_save
+        self._rows = AdapterRows()  # adapters held as rows (tera.adapters.many)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -226,8 +228,7 @@ class AdaptedModel(nn.Module):
     ) -> contextlib.AbstractContextManager[None]:
         """Every adapted layer runs row ``b`` through adapter ``names[b]`` (this call only)."""
         first = next(iter(args), kwargs.get("input_ids", kwargs.get("inputs_embeds")))
-        layers = list(self.adapter_layers.values())
-        return route(names, layers, self.adapter_names, first)
+        return route(names, list(self.adapter_layers.values()), self._configs, first, self._rows)
 
     # -- many adapters (PEFT's names) ------------------------------------------------------
     @property
@@ -242,7 +243,7 @@ class AdaptedModel(nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        """The names of the adapters held, in the order they were added."""
+        """The adapters held as modules, in the order added (rows: :attr:`adapter_rows`)."""
         return list(self._configs)
 
     @property
@@ -263,6 +264,7 @@ class AdaptedModel(nn.Module):
         >>> model.set_adapter("bob"); model.active_adapter
         'bob'
         """
+        self._unpack_row(adapter_name)  # a row adapter becomes a module first
         self._require(adapter_name)
         if any(layer.merged for layer in self.adapter_layers.values()):
             raise AdapterStateError("the model is merged; unmerge() before switching adapters")
@@ -303,7 +305,7 @@ class AdaptedModel(nn.Module):
         True
         """
         check_adapter_name(adapter_name)
-        if adapter_name in self._configs:
+        if adapter_name in self._configs or adapter_name in self._rows:
             raise AdapterStateError(
                 f"this model already holds an adapter named {adapter_name!r}; "
                 "delete_adapter() it first or choose another name"
@@ -324,8 +326,10 @@ class AdaptedModel(nn.Module):
 
         Layers left without any adapter are unwrapped (the plain base layer again). Deleting
         the active adapter makes the first remaining one active; the last one cannot be
-        deleted (:meth:`unload` removes everything).
+        deleted (:meth:`unload` removes everything). A row adapter's row is dropped.
         """
+        if self._drop_row(adapter_name):
+            return
         self._require(adapter_name)
         remaining = [n for n in self._configs if n != adapter_name]
         if not remaining:
@@ -335,7 +339,7 @@ class AdaptedModel(nn.Module):
         for name, layer in list(self.adapter_layers.items()):
             if adapter_name in layer.adapters:
                 layer.delete_adapter(adapter_name)
-            if not layer.adapters:
+            if not layer.adapters and not layer.row_slots:
                 set_submodule(self.base_model, name, layer.base_layer)
                 self._layer_names.remove(name)
         del self._configs[adapter_name]
@@ -344,7 +348,7 @@ class AdaptedModel(nn.Module):
 
     def adapter_bytes(self, adapter_name: str | None = None) -> int:
         """Bytes of one adapter's own (trainable) tensors: what each extra adapter costs."""
-        return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name))
+        return self._own_bytes(adapter_name)  # a module's parameters, or a row
 
     @io.names_the_folder  # every error of a load names the folder
     def load_adapter(
@@ -477,6 +481,7 @@ class AdaptedModel(nn.Module):
             for name, layer in self.adapter_layers.items():
                 set_submodule(self.base_model, name, layer.unwrap(merge, dequantize))
         self._layer_names = []
+        self._rows.clear()
         if dequantize:  # the rest of a quantized model in full precision too
             quantized.dequantize_model(self.base_model)
         return self.base_model
@@ -632,6 +637,7 @@ class AdaptedModel(nn.Module):
         if not is_main_process:
             return
         names = self.adapter_names if selected_adapters is None else list(selected_adapters)
+        names = self._save_rows(directory, names, format)  # row adapters: by their bank
         for name in names:
             self._require(name)
         saving.save(self, directory, names, include_factors, format)
@@ -748,12 +754,10 @@ def save_adapter(
     --------
     >>> import tempfile, os
     >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, save_adapter
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
+    >>> from tera.adapters import LoRAConfig, adapt, save_adapter
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     save_adapter(model, d)
-    ...     sorted(os.listdir(d))
+    ...     save_adapter(model, d); sorted(os.listdir(d))
     ['adapter_config.json', 'adapter_model.safetensors']
     """
     model.save_pretrained(directory, include_factors=include_factors)
@@ -768,33 +772,29 @@ def load_adapter(
 
     Examples
     --------
-    >>> import tempfile, torch
+    >>> import tempfile
     >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, from_pretrained
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
+    >>> from tera.adapters import LoRAConfig, adapt, from_pretrained
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     type(from_pretrained(model.unload(), d)).__name__
+    ...     model.save_pretrained(d); type(from_pretrained(model.unload(), d)).__name__
     'AdaptedModel'
     """
     return AdaptedModel.from_pretrained(model, directory, is_trainable)
 
 
-def load_adapter_weights(model: AdaptedModel, directory: str | FsPath) -> None:
-    """Load saved tensors into a model that carries the same adapter (resume training).
-
-    The same as :meth:`AdaptedModel.load_adapter_weights`.
+def load_adapter_weights(
+    model: AdaptedModel, directory: str | FsPath, adapter_names: Sequence[str] | None = None
+) -> None:
+    """Resume training: :meth:`AdaptedModel.load_adapter_weights`.
 
     Examples
     --------
     >>> import tempfile
     >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, load_adapter_weights
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
+    >>> from tera.adapters import LoRAConfig, adapt, load_adapter_weights
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     load_adapter_weights(model, d)
+    ...     model.save_pretrained(d); load_adapter_weights(model, d)
     """
-    model.load_adapter_weights(directory)
+    model.load_adapter_weights(directory, adapter_names)
