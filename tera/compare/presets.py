@@ -78,7 +78,10 @@ def preset_from_dict(data: Mapping[str, Any]) -> Preset:
     return Preset(**{k: v for k, v in fields.items() if k in known})
 
 
-DEFAULT_METHODS = ("tera", "vera", "hira", "lora", "head")
+#: TeRA against the parameter-matched VeRA (the paper's principle: on MiniLM r = 22), VeRA at
+#: the paper's r = 256 (1.58x TeRA's parameters on MiniLM: a labelled, unmatched row), HiRA,
+#: LoRA and the head alone.
+DEFAULT_METHODS = ("tera", "vera(r=match)", "vera", "hira", "lora", "head")
 ALL = ("tera", "vera", "hira", "hira1", "lora", "head")
 
 PRESETS: dict[str, Preset] = {
@@ -109,7 +112,7 @@ PRESETS: dict[str, Preset] = {
     "paper-small": Preset(
         model="smollm2",
         tasks=("social_iqa", "strategyqa"),
-        methods=("tera", "vera", "lora", "head"),
+        methods=("tera", "vera(r=match)", "lora(r=match)", "head"),
         n_train=1000,
         n_validation=100,
         n_test=300,
