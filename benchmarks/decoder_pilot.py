@@ -59,10 +59,10 @@ def curve(
     steps: int,
     checkpoints: list[int],
     preset_name: str,
-    model: str | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Validation accuracy of ``spec`` (one lr) at each checkpoint of one run."""
-    preset = PRESETS[preset_name].with_overrides(model=model)
+    preset = PRESETS[preset_name].with_overrides(model=model_name)
     settings = replace(preset.settings, steps=steps, progress=False)
     task = load_task(task_name)
     sizes = fit_split_sizes(len(task), preset.n_train, preset.n_validation, preset.n_test)
