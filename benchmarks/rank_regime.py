@@ -102,8 +102,9 @@ def rank_table(results: dict[str, Any]) -> str:
         f"{results['settings']['batch_size']}, 3 seeds, each row at its own learning rate "
         "chosen on validation. Cells: test accuracy (%), mean ± 95% interval over seeds. "
         "rank(dW): the rank of each adapted layer's update after training (seed 0; a range "
-        "when layers differ) and that rank over J. Δ (row - TeRA): the row minus the default TeRA in points, "
-        "paired over (task, seed), with the paired t-test's 95% interval and p. Val.: "
+        "when layers differ) and that rank over J. Δ (row - TeRA): the row minus the "
+        "default TeRA in points, paired over (task, seed), with the paired t-test's 95% "
+        "interval and p. Val.: "
         "validation accuracy of the seed-0 run at the chosen rate, mean over the tasks. "
         "Rows marked * come from benchmarks/results/ablations (the same runs).",
         "",

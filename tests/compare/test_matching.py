@@ -91,7 +91,7 @@ def test_match_is_only_for_the_rank_of_vera_lora_hira_and_is_sized_before_use():
 
 
 def test_is_matched_within_the_tolerance():
-    assert MATCH_TOLERANCE == pytest.approx(0.10)
+    assert pytest.approx(0.10) == MATCH_TOLERANCE
     assert is_matched(1.0) and is_matched(1.1) and is_matched(1 / 1.1)
     assert not is_matched(1.11) and not is_matched(0.9)
 
