@@ -237,7 +237,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(out: Path, reuse: Path) -> str:
-    """Write ``rank_regime.md`` and ``accuracy_vs_params_rank.png`` into ``out``."""
+    """Write the tables, the merged results and the plot into ``out``.
+
+    ``rank_regime.md``, ``rank_regime.json`` and ``accuracy_vs_params_rank.png``.
+    """
     results = merged(
         json.loads((out / "results.json").read_text()),
         json.loads((reuse / "results.json").read_text()),
@@ -248,6 +251,8 @@ def write(out: Path, reuse: Path) -> str:
         + peer_pairs(results)
     )
     (out / "rank_regime.md").write_text(text)
+    # the merged results, which the docs read their numbers from (docs/_ext/tera_numbers.py)
+    (out / "rank_regime.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "accuracy_vs_params_rank.png")
     return text
 
