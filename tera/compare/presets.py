@@ -131,7 +131,8 @@ PRESETS: dict[str, Preset] = {
         # the paper's Table 9 rates (2e-4 .. 1e-3) at the centre: its protocol, its budget
         methods=(
             "tera(lr=(3e-4, 1e-3, 3e-3))",
-            "vera(lr=(1e-3, 3e-3, 1e-2))",
+            # the paper's VeRA is parameter-matched to TeRA (r = 256 = J/16 on Llama-2-7B)
+            "vera(r=match, lr=(1e-3, 3e-3, 1e-2))",
             "hira(lr=(1e-4, 3e-4, 1e-3))",
             "lora(lr=(1e-4, 3e-4, 1e-3))",
             "head",
