@@ -29,7 +29,7 @@ from tera.compare.run import compare
 
 TASKS = ("multiemo/all_sentence_en", "fact_checker/fever")
 #: Run here (the rest come from the ablations).
-NEW = ("vera(r=match)", "vera(r=24)", "vera(r=96)", "tera(out_modes=(16,24))")
+NEW = ("vera(r=match)", "vera(r=24)", "vera(r=96)")
 #: Read from the ablations' results.json: the same preset, tasks, splits and seeds.
 REUSED = ("tera", "vera", "tera(out_mode=384)", "tera(in_modes=(8,8,6))")
 J = 384
