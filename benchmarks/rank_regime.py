@@ -31,7 +31,7 @@ TASKS = ("multiemo/all_sentence_en", "fact_checker/fever")
 #: Run here (the rest come from the ablations).
 NEW = ("vera(r=match)", "vera(r=24)", "vera(r=96)")
 #: Read from the ablations' results.json: the same preset, tasks, splits and seeds.
-REUSED = ("tera", "vera", "tera(out_mode=384)", "tera(in_modes=(8,8,6))")
+REUSED = ("tera", "tera(zero_init=0)", "vera", "tera(out_mode=384)", "tera(in_modes=(8,8,6))")
 J = 384
 #: (key, what) in the table's order: VeRA by rank, then TeRA schemes by parameters.
 ROWS = (
@@ -41,6 +41,7 @@ ROWS = (
     ("vera", "VeRA, r = 256 = 2J/3 (the default's peer)"),
     ("tera(in_modes=(8,8,6))", "TeRA (8, 8, 6 | 8, 8, 6): both sides split"),
     ("tera", "TeRA (384 | 8, 8, 6): the default"),
+    ("tera(zero_init=0)", "TeRA (384 | 8, 8, 6), zero_init=0"),
     ("tera(out_modes=(16,24))", "TeRA (384 | 16, 24)"),
     ("tera(out_mode=384)", "TeRA (384 | 384)"),
 )
@@ -164,75 +165,102 @@ def peer_pairs(results: dict[str, Any]) -> str:
     return "\n".join([*lines, ""])
 
 
+def _points(results: dict[str, Any], panel: str) -> list[tuple[str, int, float, float, int]]:
+    """(key, params, mean, 95% half-width, rank of dW) of each row with runs on ``panel``."""
+    from tera.compare.report import mean_interval
+
+    pts = []
+    for key, _ in ROWS:
+        e = results["methods"].get(key)
+        if e is None:
+            continue
+        if panel == "mean over tasks":
+            accs = [
+                statistics.fmean(100 * a for a in t["accuracy"])
+                for t in e["tasks"].values()
+                if t["accuracy"]
+            ]
+            if len(accs) < len(results["tasks"]):
+                continue
+            m, h = statistics.fmean(accs), 0.0
+        else:
+            t = e["tasks"].get(panel)
+            if not t or not t["accuracy"]:
+                continue
+            m, h = mean_interval([100 * a for a in t["accuracy"]])
+        ranks = [r for t in e["tasks"].values() for r in t.get("ranks", {}).values()]
+        pts.append((key, e["adapter_params"], m, h, min(ranks) if ranks else J))
+    return pts
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Accuracy against trainable parameters, one panel per task and one for the mean.
 
-    Each point is labelled with the rank of dW (seed 0).
+    Marker colour is the rank of dW over J (seed 0, the lowest layer); VeRA's points are
+    labelled with r. Points at nearly the same count are spread a little sideways so none
+    hides another (the x position is then approximate; the table has the counts).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from tera.compare.report import mean_interval
+    from matplotlib import cm, colors
 
     panels = [*results["tasks"], "mean over tasks"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), squeeze=False)
+    norm = colors.Normalize(vmin=0.0, vmax=1.0)
+    cmap = matplotlib.colormaps["viridis"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.4), squeeze=False)
+    families = (
+        ("VeRA (r = 22, 24, 96, 256)", "s", lambda k: k.startswith("vera")),
+        ("TeRA schemes", "o", lambda k: k.startswith("tera") and "zero_init" not in k),
+        ("TeRA zero_init=0", "^", lambda k: "zero_init" in k),
+    )
     for ax, panel in zip(axes[0], panels, strict=True):
-        for kind, color, marker in (("vera", "tab:orange", "s"), ("tera", "tab:blue", "o")):
-            pts = []
-            for key, _ in ROWS:
-                e = results["methods"].get(key)
-                if e is None or e["kind"] != kind:
-                    continue
-                if panel == "mean over tasks":
-                    accs = [
-                        statistics.fmean(100 * a for a in t["accuracy"])
-                        for t in e["tasks"].values()
-                        if t["accuracy"]
-                    ]
-                    if len(accs) < len(results["tasks"]):
-                        continue
-                    m, h = statistics.fmean(accs), 0.0
-                else:
-                    t = e["tasks"].get(panel)
-                    if not t or not t["accuracy"]:
-                        continue
-                    m, h = mean_interval([100 * a for a in t["accuracy"]])
-                pts.append((e["adapter_params"], m, h, _rank(e)))
-            if not pts:
+        pts = sorted(_points(results, panel), key=lambda p: p[1])
+        shown: list[float] = []
+        for name, marker, wanted in families:
+            mine = [p for p in pts if wanted(p[0])]
+            if not mine:
                 continue
-            pts.sort()
-            xs, ys, hs, ranks = zip(*pts, strict=True)
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=hs,
-                color=color,
-                marker=marker,
-                capsize=3,
-                label=kind.replace("tera", "TeRA").replace("vera", "VeRA"),
-            )
-            for x, y, rk in zip(xs, ys, ranks, strict=True):
-                ax.annotate(
-                    f"rank {rk}",
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(5, -12),
-                    fontsize=8,
-                    color=color,
-                )
+            xs = []
+            for _, params, *_ in mine:
+                x = float(params)
+                while any(abs(x / other - 1) < 0.04 for other in shown):
+                    x *= 1.05  # nudge a point that would sit on another one
+                shown.append(x)
+                xs.append(x)
+            ys = [p[2] for p in mine]
+            if len(mine) > 1:
+                ax.plot(xs, ys, color="0.6", lw=1, zorder=1)
+            for x, (key, _, m, h, rank) in zip(xs, mine, strict=True):
+                c = cmap(norm(rank / J))
+                ax.errorbar(x, m, yerr=h, fmt="none", ecolor=c, capsize=3, zorder=2)
+                ax.scatter(x, m, marker=marker, color=c, edgecolor="k", s=60, zorder=3)
+                if key.startswith("vera"):
+                    below = len([k for k in shown if k <= x]) % 2  # alternate: no overlap
+                    ax.annotate(
+                        f"r={rank}",
+                        (x, m),
+                        xytext=(7, -11 if below else 5),
+                        textcoords="offset points",
+                        fontsize=8,
+                    )
+            ax.scatter([], [], marker=marker, color="w", edgecolor="k", label=name)
         ax.axvline(results["methods"]["tera"]["adapter_params"], color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
+        ax.set_xlim(right=max(shown) * 1.6)
         ax.set_xlabel("trainable adapter parameters (log)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(panel + ("" if panel.startswith("mean") else " (bars: 95% CI)"))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+    bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), pad=0.01)
+    bar.set_label(f"rank of dW / J (J = {J})")
     fig.suptitle(
-        f"MiniLM-L6 (J = {J}): accuracy against trainable parameters; dotted: TeRA's count"
+        f"MiniLM-L6 (J = {J}): accuracy against trainable parameters, colour: rank of dW; "
+        "dotted: TeRA's count",
+        y=1.04,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
