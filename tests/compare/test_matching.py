@@ -153,3 +153,14 @@ def test_the_default_preset_compares_against_the_matched_vera():
     assert PRESETS["default"].methods[:3] == ("tera", "vera(r=match)", "vera")
     assert "vera(r=match)" in PRESETS["paper-small"].methods
     assert "lora(r=match)" in PRESETS["paper-small"].methods
+
+
+def test_nearest_rank_stops_at_its_cap_and_only_ranked_methods_are_sized():
+    import dataclasses
+
+    from tera.compare.matching import _MAX_RANK
+
+    assert nearest_rank(lambda r: r, 10**9) == _MAX_RANK  # unreachable: the largest rank tried
+    sneaky = dataclasses.replace(METHODS["tera"], name="tera(r=match)", fields=(("r", "match"),))
+    with pytest.raises(MethodSpecError, match="vera, lora or hira only"):
+        match_ranks([sneaky], _qv_model(), ["q", "v"])
