@@ -120,7 +120,16 @@ def ablation_tables(results: dict[str, Any], groups: list[str]) -> str:
     for group in groups:
         title, variants = GROUPS[group]
         lines += [f"### {title}", ""]
-        header = ["Variant", "What", "Params", *tasks, "Mean", "Δ vs TeRA [95% CI]", "p", "lr"]
+        header = [
+            "Variant",
+            "What",
+            "Params",
+            *tasks,
+            "Mean",
+            "Δ (variant - TeRA) [95% CI]",
+            "p",
+            "lr",
+        ]
         header.insert(header.index("lr"), "Val. (seed 0)")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for key, what in variants:

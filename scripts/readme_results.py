@@ -1,4 +1,7 @@
-"""Copy the default comparison's and the ablations' tables into the README (their markers).
+"""Copy the comparisons' tables into the README (between their markers).
+
+The default comparison, the ablations (TeRA against VeRA), the rank regime and the decoder
+comparison (SmolLM2-135M), each from the results file its script wrote.
 
     python scripts/readme_results.py          # rewrite the README block
     python scripts/readme_results.py --check  # exit 1 if the README disagrees with the results
@@ -21,6 +24,12 @@ END = "<!-- results: end -->"
 ABLATIONS = ROOT / "benchmarks" / "results" / "ablations"
 ABL_BEGIN = "<!-- ablations: begin (scripts/readme_results.py writes this block) -->"
 ABL_END = "<!-- ablations: end -->"
+RANK = ROOT / "benchmarks" / "results" / "rank-regime" / "rank_regime.md"
+RANK_BEGIN = "<!-- rank regime: begin (scripts/readme_results.py writes this block) -->"
+RANK_END = "<!-- rank regime: end -->"
+DECODER = ROOT / "docs" / "results" / "compare-paper-small" / "results.md"
+DEC_BEGIN = "<!-- decoder: begin (scripts/readme_results.py writes this block) -->"
+DEC_END = "<!-- decoder: end -->"
 
 
 def _section(path: Path, title_start: str | None) -> str:
@@ -42,27 +51,48 @@ def ablation_block() -> str:
     return f"{ABL_BEGIN}\n" + "\n".join(parts) + f"\n{ABL_END}"
 
 
-def block() -> str:
-    """The README block: the table and the verdict lines of the default comparison."""
-    lines = RESULTS.read_text().splitlines()
+def rank_block() -> str:
+    """The README block: the rank regime's table (VeRA by rank, TeRA schemes)."""
+    return f"{RANK_BEGIN}\n" + _section(RANK, None) + f"\n{RANK_END}"
+
+
+def _results_block(path: Path, begin: str, end: str) -> str:
+    """A comparison's table, verdicts, warnings and parameter flags from its results.md."""
+    lines = path.read_text().splitlines()
     kept = [
         line
         for line in lines
-        if line.startswith(("|", "- ", "> **Warning", "**Verdicts**")) or not line.strip()
+        if line.startswith(("|", "- ", "> **Warning", "**Verdicts**", "**Not parameter"))
+        or not line.strip()
     ]
     text = "\n".join(kept).strip()
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
-    return f"{BEGIN}\n{text}\n{END}"
+    return f"{begin}\n{text}\n{end}"
+
+
+def decoder_block() -> str:
+    """The README block: the decoder comparison (SmolLM2-135M, paper-small)."""
+    return _results_block(DECODER, DEC_BEGIN, DEC_END)
+
+
+def block() -> str:
+    """The README block: the table and the verdict lines of the default comparison."""
+    return _results_block(RESULTS, BEGIN, END)
 
 
 def rewrite(readme: str) -> str:
     """``readme`` with its results block replaced by :func:`block`."""
     start, end = readme.index(BEGIN), readme.index(END) + len(END)
     readme = readme[:start] + block() + readme[end:]
-    if ABL_BEGIN in readme:
-        start, end = readme.index(ABL_BEGIN), readme.index(ABL_END) + len(ABL_END)
-        readme = readme[:start] + ablation_block() + readme[end:]
+    for begin, stop, make in (
+        (ABL_BEGIN, ABL_END, ablation_block),
+        (RANK_BEGIN, RANK_END, rank_block),
+        (DEC_BEGIN, DEC_END, decoder_block),
+    ):
+        if begin in readme:
+            start, end = readme.index(begin), readme.index(stop) + len(stop)
+            readme = readme[:start] + make() + readme[end:]
     return readme
 
 

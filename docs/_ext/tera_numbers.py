@@ -259,6 +259,85 @@ def _ablation_numbers(n: dict[str, Callable[[], str]]) -> None:
                 n[f"{name}.p"] = lambda f=test: f"{float(f()['p'] or 0):.2g}"
 
 
+def _paired_text(test: dict) -> str:
+    return (
+        f"{float(test['mean'] or 0):+.2f} points [{float(test['low'] or 0):+.2f}, "
+        f"{float(test['high'] or 0):+.2f}]"
+    )
+
+
+def _folder_numbers(n: dict[str, Callable[[], str]], tag: str, r: dict) -> None:
+    """Names for one comparison's results.
+
+    ``<tag>.<key>.mean`` (over every task and seed), ``<tag>.<task>.<key>.mean``, ``<tag>.<key>.params`` / ``.ratio`` (adapter parameters,
+    and over TeRA's), ``<tag>.tera_vs_<key>.delta`` / ``.p`` (TeRA minus the method, paired
+    over (task, seed)) and the same per task, ``<tag>.<task>.<key>.lr``.
+    """
+    from tera.compare.report import paired_accuracies, paired_test
+
+    methods = r.get("methods", {})
+    for key, method in methods.items():
+        accs = [a for t in method["tasks"].values() for a in t["accuracy"]]
+        if accs:
+            n[f"{tag}.{key}.mean"] = lambda a=accs: f"{100 * statistics.fmean(a):.2f} %"
+        n[f"{tag}.{key}.params"] = lambda m=method: f"{m.get('adapter_params', 0):,d}"
+        if method.get("matched"):
+            n[f"{tag}.{key}.r"] = lambda m=method: str(m["matched"]["r"])
+        tera_params = methods.get("tera", {}).get("adapter_params")
+        if tera_params and method.get("adapter_params"):
+            n[f"{tag}.{key}.ratio"] = lambda m=method, b=tera_params: (
+                f"{m['adapter_params'] / b:.2f}x"
+            )
+        for task, t in method["tasks"].items():
+            if t["accuracy"]:
+                n[f"{tag}.{_slug(task)}.{key}.mean"] = lambda t=t: (
+                    f"{100 * statistics.fmean(t['accuracy']):.2f} %"
+                )
+            if t.get("lr") is not None:
+                n[f"{tag}.{_slug(task)}.{key}.lr"] = lambda t=t: f"{t['lr']:g}"
+        if key == "tera" or "tera" not in methods:
+            continue
+        name = f"{tag}.tera_vs_{key}"
+        n[f"{name}.delta"] = lambda k=key: _paired_text(
+            paired_test(paired_accuracies(r, k, against="tera"))
+        )
+        n[f"{name}.p"] = lambda k=key: (
+            f"{float(paired_test(paired_accuracies(r, k, against='tera'))['p'] or 0):.2g}"
+        )
+        for task in r["tasks"]:
+            one = {
+                "methods": {
+                    k: {"tasks": {task: methods[k]["tasks"].get(task, {})}} for k in ("tera", key)
+                }
+            }
+            if not all(one["methods"][k]["tasks"][task] for k in ("tera", key)):
+                continue
+            tname = f"{tag}.{_slug(task)}.tera_vs_{key}"
+            n[f"{tname}.delta"] = lambda o=one, k=key: _paired_text(
+                paired_test(paired_accuracies(o, k, against="tera"))
+            )
+            n[f"{tname}.p"] = lambda o=one, k=key: (
+                f"{float(paired_test(paired_accuracies(o, k, against='tera'))['p'] or 0):.2g}"
+            )
+
+
+def _science_numbers(n: dict[str, Callable[[], str]]) -> None:
+    """Names of the rank regime, the decoder comparison and the default comparison.
+
+    ``rank.*``, ``small.*`` and ``compare.*`` (:func:`_folder_numbers`).
+    """
+    rank = RESULTS / "rank-regime" / "rank_regime.json"
+    if rank.is_file():
+        _folder_numbers(n, "rank", json.loads(rank.read_text(encoding="utf-8")))
+    small = REPO / "docs" / "results" / "compare-paper-small" / "results.json"
+    if small.is_file():
+        r = json.loads(small.read_text(encoding="utf-8"))
+        _folder_numbers(n, "small", r)
+        n["small.total_minutes"] = lambda r=r: f"{r.get('total_seconds', 0) / 60:.0f} min"
+    if compare_results():
+        _folder_numbers(n, "compare", compare_results())
+
+
 # -- Figures measured once outside the results files ---------------------------------------
 TARGETS: dict[str, float] = {
     # the performance targets the engine was built to meet (x the frozen layer, or x LoRA)
@@ -522,6 +601,7 @@ def _numbers() -> dict[str, Callable[[], str]]:
     )["label"]
 
     _ablation_numbers(n)
+    _science_numbers(n)
     for name, (value, _source) in STATED.items():
         n[name] = lambda v=value: v
     return n

@@ -48,6 +48,7 @@ from tera.errors import TargetError, TeraError
 from tera.tn import split_dim, suggest_modes
 
 __all__ = [
+    "MATCH",
     "METHODS",
     "ZERO_SHOT",
     "Method",
@@ -70,6 +71,10 @@ _CONFIGS: dict[str, type[AdapterConfig]] = {
     "hira": HiRAConfig,
     "lora": LoRAConfig,
 }
+#: ``r=match``: the rank is sized on the compared model to TeRA's trainable-parameter count
+#: (:mod:`tera.compare.matching`).
+MATCH = "match"
+_MATCHABLE = ("vera", "lora", "hira")
 #: Config fields the harness sets itself (from --targets, the task head and the run seed).
 _RESERVED = {"target_modules": "--targets", "modules_to_save": "the task", "seed": "--seeds"}
 
@@ -96,6 +101,9 @@ class Method:
         ``False`` for the zero-shot baseline: the model is evaluated as it is.
     description : str
         What the method is, for the report (the paper figure a variant reproduces).
+    matched : tuple of (str, object)
+        For an ``r=match`` spec once sized on a model (:func:`~tera.compare.matching.match_ranks`):
+        ``reference``, ``reference_params``, ``params``, ``ratio`` and ``r``; else empty.
 
     Examples
     --------
@@ -111,6 +119,7 @@ class Method:
     fields: tuple[tuple[str, Any], ...] = ()
     trains: bool = True
     description: str = ""
+    matched: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -120,6 +129,11 @@ class Method:
     def key(self) -> str:
         """The method's key in ``results.json`` (the same as ``name``)."""
         return self.name
+
+    @property
+    def to_match(self) -> bool:
+        """Whether the spec's rank is ``r=match`` and not yet sized on a model."""
+        return dict(self.fields).get("r") == MATCH
 
 
 def _lr_grid(center: float) -> tuple[float, ...]:
@@ -326,6 +340,11 @@ def parse_method(spec: str) -> Method:
         if key in fields or (key == "lr" and lr_text is not None):
             raise MethodSpecError(f"{text}: field {key!r} is given twice")
         parsed = _literal(value, f"{text}, field {key!r}")
+        if parsed == MATCH and (key != "r" or base.kind not in _MATCHABLE):
+            raise MethodSpecError(
+                f"{text}: {key}=match: only the rank r of vera, lora or hira can be matched "
+                "(to TeRA's trainable-parameter count), e.g. vera(r=match)"
+            )
         if key == "lr":
             lr_grid, lr_text = _check_lr(parsed, text), value.strip()
             continue
@@ -341,6 +360,8 @@ def parse_method(spec: str) -> Method:
 
 def _validate(base: Method, fields: Mapping[str, Any], spec: str) -> None:
     merged = {**_BASE_DEFAULTS.get(base.kind, {}), **dict(base.fields), **fields}
+    if merged.get("r") == MATCH:  # sized later, on the model: check the rest with r = 1
+        merged["r"] = 1
     try:
         _CONFIGS[base.kind](target_modules=("q_proj",), **merged)
     except (TeraError, TypeError, ValueError) as err:
@@ -428,6 +449,11 @@ def method_config(
     """
     if method.kind == "head":
         return None
+    if method.to_match:
+        raise MethodSpecError(
+            f"{method.name}: r=match is sized on a model first "
+            "(tera.compare.matching.match_ranks); tera compare does it"
+        )
     common: dict[str, Any] = dict(
         target_modules=tuple(target_modules), modules_to_save=tuple(head), seed=seed
     )

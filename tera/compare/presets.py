@@ -78,7 +78,10 @@ def preset_from_dict(data: Mapping[str, Any]) -> Preset:
     return Preset(**{k: v for k, v in fields.items() if k in known})
 
 
-DEFAULT_METHODS = ("tera", "vera", "hira", "lora", "head")
+#: TeRA against the parameter-matched VeRA (the paper's principle: on MiniLM r = 22), VeRA at
+#: the paper's r = 256 (1.58x TeRA's parameters on MiniLM: a labelled, unmatched row), HiRA,
+#: LoRA and the head alone.
+DEFAULT_METHODS = ("tera", "vera(r=match)", "vera", "hira", "lora", "head")
 ALL = ("tera", "vera", "hira", "hira1", "lora", "head")
 
 PRESETS: dict[str, Preset] = {
@@ -109,7 +112,7 @@ PRESETS: dict[str, Preset] = {
     "paper-small": Preset(
         model="smollm2",
         tasks=("social_iqa", "strategyqa"),
-        methods=("tera", "vera", "lora", "head"),
+        methods=("tera", "vera(r=match)", "lora(r=match)", "head"),
         n_train=1000,
         n_validation=100,
         n_test=300,
@@ -128,7 +131,8 @@ PRESETS: dict[str, Preset] = {
         # the paper's Table 9 rates (2e-4 .. 1e-3) at the centre: its protocol, its budget
         methods=(
             "tera(lr=(3e-4, 1e-3, 3e-3))",
-            "vera(lr=(1e-3, 3e-3, 1e-2))",
+            # the paper's VeRA is parameter-matched to TeRA (r = 256 = J/16 on Llama-2-7B)
+            "vera(r=match, lr=(1e-3, 3e-3, 1e-2))",
             "hira(lr=(1e-4, 3e-4, 1e-3))",
             "lora(lr=(1e-4, 3e-4, 1e-3))",
             "head",

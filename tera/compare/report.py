@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tera.compare.jsonfile import write_json
+from tera.compare.matching import MATCH_TOLERANCE, is_matched, parameter_ratio_note
 from tera.compare.plots import write_plots
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "paired_accuracies",
     "paired_test",
     "paired_tests",
+    "parameter_ratios",
     "reference_method",
     "summary_line",
+    "unmatched_note",
     "verdict_lines",
     "wilcoxon_vs_tera",
     "write_reports",
@@ -293,11 +296,66 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
         )
         a, b = mine.get("adapter_params", 0), other.get("adapter_params", 0)
         if a and b:
-            line += f" ({mine['label']} has {a / b:.2g}x the parameters)"
+            line += f" ({other['label']}: {parameter_ratio_note(b / a, mine['label'])})"
         elif a and not b:
             line += f" ({other['label']} trains no adapter)"
         lines.append(line)
     return lines
+
+
+def parameter_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """Each adapter method's adapter-parameter count over the reference's (TeRA's).
+
+    Methods that train no adapter (head only, zero-shot) are left out, and so is
+    everything when the reference trains none.
+
+    Examples
+    --------
+    >>> r = {"methods": {"tera": {"adapter_params": 100}, "vera": {"adapter_params": 158},
+    ...                  "head": {"adapter_params": 0}}}
+    >>> parameter_ratios(r)
+    {'tera': 1.0, 'vera': 1.58}
+    """
+    ref = reference_method(results)
+    base = results["methods"][ref].get("adapter_params", 0) if ref else 0
+    if not base:
+        return {}
+    return {
+        name: e["adapter_params"] / base
+        for name, e in results["methods"].items()
+        if e.get("adapter_params")
+    }
+
+
+def unmatched_note(results: dict[str, Any]) -> str:
+    """A sentence naming the methods not parameter-matched to the reference, or ``""``.
+
+    Matched: within :data:`~tera.compare.matching.MATCH_TOLERANCE` of the reference's
+    adapter-parameter count. A verdict against an unmatched method compares budgets as well
+    as methods.
+
+    Examples
+    --------
+    >>> r = {"methods": {"tera": {"label": "TeRA", "adapter_params": 100},
+    ...                  "vera": {"label": "VeRA (r=256)", "adapter_params": 158}}}
+    >>> print(unmatched_note(r))  # doctest: +ELLIPSIS
+    **Not parameter-matched** (adapter parameters outside ±10% of TeRA's): VeRA (r=256) 1.58x...
+    """
+    ref = reference_method(results)
+    far = [
+        f"{results['methods'][n]['label']} {ratio:.3g}x"
+        for n, ratio in parameter_ratios(results).items()
+        if not is_matched(ratio)
+    ]
+    if not far or ref is None:
+        return ""
+    label = results["methods"][ref]["label"]
+    return (
+        f"**Not parameter-matched** (adapter parameters outside ±{MATCH_TOLERANCE:.0%} of "
+        f"{label}'s): {', '.join(far)}. A verdict against these compares budgets as well as "
+        "methods; `vera(r=match)`, `lora(r=match)`, `hira(r=match)` size a peer to "
+        f"{label}'s count."
+    )
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -305,7 +363,9 @@ def markdown_table(results: dict[str, Any]) -> str:
 
     Accuracies are in percent, mean ± the half-width of the 95% Student-t interval over
     seeds; "Params (%)" counts the adapter only (``100 * adapter / (base + adapter)``), the
-    task head is listed apart. "Δ vs <reference>" is the reference's mean paired
+    task head is listed apart; "x TeRA params" is the row's adapter count over the
+    reference's, marked "(unmatched)" outside ±10% (:func:`unmatched_note`). "Δ (TeRA - row)"
+    is the reference's mean paired
     difference against the row's method with its 95% interval and the paired t-test's p
     (:func:`paired_test`); "Train MB" is the memory training holds beyond the base model
     (see :func:`~tera.compare.train.train_run`). A cell marked "≤ floor" did not beat the
@@ -320,7 +380,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     ...                          "train_memory_mb": [2.0, 2.0]}}}
     >>> results = {"tasks": {"t": {"majority_accuracy": 0.4}}, "methods": {"tera": entry}}
     >>> print(markdown_table(results).splitlines()[2])
-    | TeRA | 1.0000 | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 2.0 |
+    | TeRA | 1.0000 | 1.00x | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 2.0 |
     """
     tasks = list(results["tasks"])
     ref = reference_method(results)
@@ -338,20 +398,31 @@ def markdown_table(results: dict[str, Any]) -> str:
                 "about the methods. Give it more steps or data, or another task.",
                 "",
             ]
+    ratios = parameter_ratios(results)
     header = [
         "Method",
         "Params (%)",
+        f"x {ref_label} params",
         "Head params",
         *tasks,
         "Average",
-        f"Δ vs {ref_label} [95% CI]",
+        f"Δ ({ref_label} - row) [95% CI]",
         "p",
         "Train s",
         "Train MB",
     ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in results["methods"].items():
-        cells = [entry["label"], f"{_percent(entry):.4f}", f"{entry.get('head_params', 0):,d}"]
+        ratio = ratios.get(name)
+        ratio_cell = "-" if ratio is None else f"{ratio:.2f}x"
+        if ratio is not None and not is_matched(ratio):
+            ratio_cell += " (unmatched)"
+        cells = [
+            entry["label"],
+            f"{_percent(entry):.4f}",
+            ratio_cell,
+            f"{entry.get('head_params', 0):,d}",
+        ]
         means = []
         for task in tasks:
             accs = _cell_means(entry, task)
@@ -386,6 +457,9 @@ def markdown_table(results: dict[str, Any]) -> str:
             "",
         ]
         lines += [f"- {v}" for v in verdicts]
+    note = unmatched_note(results)
+    if note:
+        lines += ["", note]
     lines.append("")
     floors = "; ".join(
         f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in _floors(results, t).items()) for t in tasks
@@ -471,6 +545,7 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
     results["reference"] = reference_method(results)
     results["paired_tests"] = paired_tests(results)
     results["verdicts"] = verdict_lines(results)
+    results["parameter_ratios"] = parameter_ratios(results)
     results["not_learning"] = not_learning(results)
     results["plots"] = write_plots(results, out)
     write_json(out / "results.json", results)

@@ -533,25 +533,23 @@ def _recorded_config(config: Any) -> dict[str, Any]:
 
 def _check_methods(
     methods: list[Method], load: Callable[[], LoadedModel], log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Build every method's config on the model once, before any training (fail fast).
+) -> tuple[list[Method], dict[str, Any]]:
+    """Size every ``r=match`` and build every method's config on the model, before training.
 
-    Returns each method's config as its run records keep it (:func:`_recorded_config`).
+    Returns the methods with their ranks sized (:func:`~tera.compare.matching.match_ranks`)
+    and each one's config as its run records keep it (:func:`_recorded_config`).
     """
-    configs: dict[str, Any] = {}
-    from torch import nn
-
     from tera.adapters import parameter_report
+    from tera.compare.matching import match_ranks, target_out_sizes
 
+    configs: dict[str, Any] = {}
     loaded = load()
     targets = loaded.target_modules
-    out_sizes = sorted(
-        {
-            m.out_features
-            for n, m in loaded.model.named_modules()
-            if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)
-        }
-    )
+    out_sizes = target_out_sizes(loaded.model, targets)
+    try:
+        methods = match_ranks(methods, loaded.model, targets)
+    except TeraError as err:
+        raise type(err)(f"sizing r=match: {err}") from None
     for method in methods:
         if method.kind == "head":
             continue
@@ -562,7 +560,23 @@ def _check_methods(
             raise type(err)(f"method {method.name}: {err}") from None
         log(f"  {method.label:<18} {report.adapter:>10,d} adapter parameters")
         configs[method.name] = _recorded_config(config)
-    return configs
+    return methods, configs
+
+
+def _method_entry(m: Method) -> dict[str, Any]:
+    """A method's entry of ``results.json`` before its tasks run."""
+    entry: dict[str, Any] = {
+        "label": m.label,
+        "kind": m.kind,
+        "spec_fields": dict(m.fields),
+        "description": m.description,
+        "lr_grid": list(m.lr_grid),
+        "trains": m.trains,
+        "tasks": {},
+    }
+    if m.matched:
+        entry["matched"] = dict(m.matched)
+    return entry
 
 
 def compare(
@@ -630,18 +644,7 @@ def compare(
         "settings": dataclasses.asdict(preset.settings),
         "model_kind": kind,
         "tasks": {},
-        "methods": {
-            m.name: {
-                "label": m.label,
-                "kind": m.kind,
-                "spec_fields": dict(m.fields),
-                "description": m.description,
-                "lr_grid": list(m.lr_grid),
-                "trains": m.trains,
-                "tasks": {},
-            }
-            for m in methods
-        },
+        "methods": {m.name: _method_entry(m) for m in methods},
     }
     for index, task_name in enumerate(preset.tasks):
         task = load_task(task_name)
@@ -673,7 +676,8 @@ def compare(
             for s in range(max(preset.seeds, 1))
         }
         if index == 0:
-            runner.configs = _check_methods(methods, loaders[0], log)
+            methods, runner.configs = _check_methods(methods, loaders[0], log)
+            results["methods"] = {m.name: _method_entry(m) for m in methods}
         for method in methods:
             entry = _run_method(runner, label, loaders, method, splits, preset)
             results["methods"][method.name]["tasks"][label] = entry

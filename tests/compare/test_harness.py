@@ -125,11 +125,13 @@ def test_wilcoxon_and_table_edge_cases():
     assert wilcoxon_vs_tera({**base, "methods": {"vera": entry([0.5], "VeRA")}}) == {}
     table = markdown_table(same)
     # 95% t-interval of (50, 60): 55 ± 12.706 * 5 = 55 ± 63.53; identical pairs: Δ = 0, p = 1
-    assert "| TeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 1.0 |" in table
+    assert "| TeRA | 0.9901 | 1.00x | 5 | 55.00 ± 63.53 | 55.00 | - | - | 1 | 1.0 |" in table
     assert (
-        "| VeRA | 0.9901 | 5 | 55.00 ± 63.53 | 55.00 | +0.00 [+0.00, +0.00] | 1 | 1 | 1.0 |"
+        "| VeRA | 0.9901 | 1.00x | 5 | 55.00 ± 63.53 | 55.00 | +0.00 [+0.00, +0.00] | 1 | 1 | 1.0 |"
         in table
     )
+    assert "Δ (TeRA - row) [95% CI]" in table  # the direction is in the header
+    assert "Not parameter-matched" not in table  # equal counts: matched
     assert "best: TeRA 55.00%" in summary_line(same)
     tied = {
         **base,

@@ -316,7 +316,7 @@ def _results(tera, vera, majority=0.3):
 def test_verdicts_and_the_warning_when_nothing_learned():
     better = verdict_lines(_results([0.70, 0.72, 0.71], [0.60, 0.61, 0.63]))[0]
     assert better.startswith("TeRA vs VeRA (r=256): +9.7 points, 95% CI [")
-    assert "n = 3: TeRA is better (TeRA has 0.5x the parameters)" in better
+    assert "n = 3: TeRA is better (VeRA (r=256): 2.00x TeRA; not parameter-matched)" in better
     noise = verdict_lines(_results([0.70, 0.60, 0.65], [0.66, 0.64, 0.65]))[0]
     assert "no significant difference at the 5% level" in noise
     stuck = _results([0.3, 0.3, 0.3], [0.3, 0.29, 0.3])
