@@ -56,6 +56,8 @@ nitpick_ignore_regex = [
     ("py:class", r'\{?"\w+"\}?'),  # numpy-style value sets: kind : {"classifier", "causal_lm"}
     # AdapterTrainer's signature is transformers.Trainer's
     ("py:class", r"(transformers|datasets)\..+|Dataset|IterableDataset"),
+    ("py:class", r"(mmap|os)\..+|collection|str to callable"),  # standard library, prose types
+    ("py:class", r"tera\.adapters\.io\.F|tera\.adapters\.rows\.(ModelLike|RowSource)"),  # aliases
 ]
 
 # -- API reference: autodoc + napoleon (numpy-style docstrings) -------------------------

@@ -55,7 +55,7 @@ class RowGroup(nn.Module):
     """Row adapters of one bank checked out for training: one parameter ``(adapters, width)``.
 
     Built by :meth:`AdaptedModel.train_adapters <tera.adapters.AdaptedModel.train_adapters>`.
-    While checked out, mixed batches gather these adapters' rows from :attr:`weight`
+    While checked out, mixed batches gather these adapters' rows from ``weight``
     (with gradients); :meth:`check_in` puts them back into their bank.
 
     Attributes
@@ -80,7 +80,7 @@ class RowGroup(nn.Module):
         self.checked_in = False
 
     def gather(self, names: Sequence[str], device: torch.device) -> torch.Tensor:
-        """The rows of ``names`` (sparse gradients to :attr:`weight` when training)."""
+        """The rows of ``names`` (sparse gradients to ``weight`` when training)."""
         index = torch.tensor([self._position[n] for n in names], device=self.weight.device)
         if torch.is_grad_enabled() and self.weight.requires_grad:
             out = F.embedding(index, self.weight, sparse=True)
@@ -100,7 +100,7 @@ class RowGroup(nn.Module):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
     ) -> RowAdamW:
-        """A :class:`RowAdamW` over :attr:`weight` (torch's AdamW defaults)."""
+        """A :class:`RowAdamW` over ``weight`` (torch's AdamW defaults)."""
         return RowAdamW([self.weight], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def check_in(self) -> None:
@@ -110,7 +110,7 @@ class RowGroup(nn.Module):
         ------
         AdapterStateError
             Already checked in, or some rows hold NaN/inf (a diverged run: nothing is
-            checked in; fix or reset those rows of :attr:`weight` first).
+            checked in; fix or reset those rows of ``weight`` first).
         """
         if self.checked_in:
             raise AdapterStateError("this group was already checked in")

@@ -2,9 +2,9 @@
 
 :class:`ManyAdapters` is the part of :class:`~tera.adapters.AdaptedModel` that holds
 adapters as rows (:mod:`tera.adapters.rows`) rather than modules: opening a store
-(:meth:`~ManyAdapters.load_adapters`), turning module adapters into rows and back
-(:meth:`~ManyAdapters.pack_adapters`, :meth:`~ManyAdapters.unpack_adapters`) and checking a
-group out for training (:meth:`~ManyAdapters.train_adapters`). Module adapters keep PEFT's
+(``AdaptedModel.load_adapters``), turning module adapters into rows and back
+(``AdaptedModel.pack_adapters``, ``AdaptedModel.unpack_adapters``) and checking a
+group out for training (``AdaptedModel.train_adapters``). Module adapters keep PEFT's
 API unchanged; a row adapter works wherever an adapter name is given per row
 (``adapter_names=[...]``), and ``set_adapter``, ``delete_adapter``, ``adapter_bytes`` and
 ``save_pretrained(selected_adapters=...)`` accept one too.

@@ -1,8 +1,8 @@
 """``adapt(model, config)`` and the ``AdaptedModel`` it returns: tera's PEFT-named face.
 
-The jobs behind it have their own modules: targeting (:mod:`tera.adapters.targets`), the
-layer (:mod:`tera.adapters.layer`), mixed batches (:mod:`tera.adapters.batch`), saving and
-loading (:mod:`tera.adapters.saving`, over the byte format of :mod:`tera.adapters.io`).
+The jobs behind it have their own modules: targeting (``tera.adapters.targets``), the
+layer (``tera.adapters.layer``), mixed batches (``tera.adapters.batch``), saving and
+loading (``tera.adapters.saving``, over the byte format of ``tera.adapters.io``).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class AdaptedModel(ManyAdapters, nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        """The adapters held as modules, in the order added (rows: :attr:`adapter_rows`)."""
+        """Names of the adapters held as modules, in the order added (rows: ``adapter_rows``)."""
         return list(self._configs)
 
     @property
@@ -609,7 +609,7 @@ class AdaptedModel(ManyAdapters, nn.Module):
         With several adapters, as PEFT: ``selected_adapters`` (default: all) are written,
         ``"default"`` into ``directory`` itself and every other into ``directory/<name>``.
 
-        The format is :mod:`tera.adapters.io`'s. ``directory`` is created if missing and the
+        The format is ``tera.adapters.io``'s. ``directory`` is created if missing and the
         two files inside are replaced atomically (leftovers of killed saves are swept).
         ``include_factors`` also stores the frozen shared factors (for portability to a
         future tera whose generator differs, or for auditing). Accepts the keyword arguments

@@ -488,7 +488,7 @@ def write_peft(
 ) -> None:
     """Write tera's meta and tensors as a PEFT folder (atomically, like tera's own format).
 
-    :func:`peft_folder`'s files, written with :func:`tera.adapters.io.write_folders`.
+    ``peft_folder``'s files, written with :func:`tera.adapters.io.write_folders`.
 
     Examples
     --------

@@ -239,7 +239,7 @@ def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> bool:
     activations to bf16), so every later forward returns an output with no gradient
     towards its input. Adapters before the layer then get no gradient, or a wrong one,
     silently: training stops after the first evaluation pass. Called before the layer's
-    forward (a hook :func:`prepare_target` installs), this puts the weight back into the
+    forward (a hook ``prepare_target`` installs), this puts the weight back into the
     canonical layout, losslessly (:func:`dequantize_weight` is unchanged), when the layer
     is in training mode or the forward records a gradient towards ``x``; bitsandbytes
     repacks it again at the next inference pass. Returns whether it unpacked.

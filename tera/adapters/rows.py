@@ -4,7 +4,7 @@ An adapter held as a module (``add_adapter``, ``load_adapter``) is an ``nn.Modul
 its parameters on every layer it adapts: fine for the few adapters a model trains or
 runs alone, costly for thousands (each layer of each adapter is a Python object). A
 **row adapter** is one row of a table instead: adapters of one **bank** (one kind,
-configuration, target layers and frozen factors: :attr:`RowBank.key`) share a
+configuration, target layers and frozen factors: ``RowBank.key``) share a
 :class:`RowLayout`, which places every tensor an adapter saves (``<layer>.adapter.d.0``,
 ...) at a fixed offset of a float32 row. A bank's rows live in tables (:class:`RowTable`):
 one in memory, grown by doubling, and any number of memory-mapped shards of an
@@ -154,7 +154,7 @@ class RowLayout:
 
     @property
     def stride(self) -> int:
-        """Floats per row in a mapped shard: :attr:`width` rounded up to :data:`ROW_ALIGN`."""
+        """The floats a row takes in a mapped shard (``width`` rounded up to :data:`ROW_ALIGN`)."""
         return -(-self.width // ROW_ALIGN) * ROW_ALIGN
 
     def to_json(self) -> dict[str, Any]:
@@ -633,9 +633,9 @@ class AdapterRows:
 def attach_slots(model: ModelLike, bank: RowBank) -> list[str]:
     """Build ``bank``'s slot on every layer it adapts (wrapping plain layers), or nothing.
 
-    A target that is not yet an :class:`AdapterLinear` is wrapped as one without module
-    adapters (their names are returned). The templates' frozen factors are checked against
-    the bank's fingerprint, and their own tensors against the bank's row layout.
+    A target that is not yet an :class:`~tera.adapters.AdapterLinear` is wrapped as one
+    without module adapters (their names are returned). The templates' frozen factors are
+    checked against the bank's fingerprint, and their own tensors against the bank's row layout.
     """
     cls = registry.adapter_class(bank.config)
     shared = model.shared_factors

@@ -25,7 +25,7 @@ Reading never trusts the bytes: a shard whose header, size or layout does not fi
 index is refused at open, an index that names rows a shard does not have refuses those
 names, and every row is checked against its checksum the first time it is used (a
 corrupted row raises :class:`~tera.errors.LoadError` naming the adapter). What is refused
-is listed in :attr:`AdapterStore.problems` and :attr:`AdapterStore.refused` (with a
+is listed in ``problems`` and ``refused`` (with a
 :class:`StoreWarning` at open); everything else stays usable.
 
 Examples
@@ -85,7 +85,7 @@ INDEX_NAME = "tera_store.json"
 FORMAT = "tera-adapter-store"
 FORMAT_VERSION = 1
 SHARD_ROWS = 4096
-"""Adapters per shard written (a TeRA adapter of SmolLM2-135M: 4096 rows, ~600 MB)."""
+"""The adapters a shard holds when written (4096 TeRA adapters of SmolLM2-135M take ~600 MB)."""
 _PAGE = 4096
 _BLOCK = 256  # rows written (and checksummed) at a time
 _MAX_HEADER = 1 << 20
@@ -184,8 +184,8 @@ class AdapterStore:
     def open(cls, path: str | os.PathLike[str], shard_rows: int = SHARD_ROWS) -> AdapterStore:
         """Open the store in ``path``: read its index and map its shards (no row is read).
 
-        Shards or banks that cannot be used are listed in :attr:`problems` (their
-        adapters in :attr:`refused`) with a :class:`StoreWarning`; the rest is usable.
+        Shards or banks that cannot be used are listed in ``problems`` (their
+        adapters in ``refused``) with a :class:`StoreWarning`; the rest is usable.
 
         Raises
         ------
@@ -343,7 +343,7 @@ class AdapterStore:
     def add(self, name: str, directory: str | os.PathLike[str], replace: bool = False) -> None:
         """Add the adapter folder ``directory`` (tera's format) as adapter ``name``.
 
-        Buffered: written as a shard every :attr:`shard_rows` adapters, by :meth:`flush`,
+        Buffered: written as a shard every ``shard_rows`` adapters, by :meth:`flush`,
         and at the end of a ``with`` block. ``replace`` lets ``name`` replace an adapter
         of that name (its old row is left unused).
 

@@ -128,8 +128,8 @@ def _modules_outside_adapters(
 ) -> Iterator[tuple[str, nn.Module]]:
     """``(name, module)`` of every submodule, adapted layers included but not entered.
 
-    The walk never descends into an :class:`AdapterLinear`, so its cost does not grow with
-    the number of adapters the layers hold.
+    The walk never descends into an :class:`~tera.adapters.AdapterLinear`, so its cost does
+    not grow with the number of adapters the layers hold.
     """
     for name, child in module.named_children():
         full = f"{prefix}.{name}" if prefix else name
@@ -193,9 +193,9 @@ def attach(
 ) -> list[str]:
     """Build ``config``'s adapter on every found layer; the names of newly wrapped layers.
 
-    A layer that is already an :class:`AdapterLinear` holds the new adapter too; a plain
-    one is frozen and wrapped (its active adapter set to ``active_adapter``). The frozen
-    factors come from ``shared`` (one storage per key).
+    A layer that is already an :class:`~tera.adapters.AdapterLinear` holds the new adapter
+    too; a plain one is frozen and wrapped (its active adapter set to ``active_adapter``).
+    The frozen factors come from ``shared`` (one storage per key).
     """
     cls = registry.adapter_class(config)
     wrapped: list[str] = []

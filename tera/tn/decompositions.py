@@ -1,7 +1,7 @@
 r"""Decompositions into the Tucker format: truncated HOSVD and HOOI (paper Section 2).
 
 The format itself (:class:`~tera.tn.tucker.Tucker`, reconstruction, the Kronecker form) is
-:mod:`tera.tn.tucker`; factors are ``R_i x I_i`` as there.
+``tera.tn.tucker``; factors are ``R_i x I_i`` as there.
 
 Examples
 --------
