@@ -1,6 +1,6 @@
 """Training many adapters at once: a group of row adapters checked out as one trainable table.
 
-:meth:`AdaptedModel.train_adapters <tera.adapters.AdaptedModel.train_adapters>` checks a
+``AdaptedModel.train_adapters`` checks a
 group of row adapters of one bank out into a :class:`RowGroup`: one parameter, ``(adapters,
 width)``, holding their rows and nothing else (no gradient, no optimizer state for the
 model's other adapters). A batch whose rows name adapters of the group
@@ -54,7 +54,7 @@ __all__ = ["RowAdamW", "RowGroup"]
 class RowGroup(nn.Module):
     """Row adapters of one bank checked out for training: one parameter ``(adapters, width)``.
 
-    Built by :meth:`AdaptedModel.train_adapters <tera.adapters.AdaptedModel.train_adapters>`.
+    Built by ``AdaptedModel.train_adapters``.
     While checked out, mixed batches gather these adapters' rows from ``weight``
     (with gradients); :meth:`check_in` puts them back into their bank.
 

@@ -243,7 +243,7 @@ class AdaptedModel(ManyAdapters, nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        """Names of the adapters held as modules, in the order added (rows: ``adapter_rows``)."""
+        """The adapters held as modules, in the order added (``adapter_rows`` has the rows)."""
         return list(self._configs)
 
     @property

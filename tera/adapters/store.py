@@ -10,7 +10,7 @@ frozen factors) share a row layout; the configuration and the frozen factors' fi
 are written once per bank, a name once per adapter. Shards are ordinary safetensors files
 (``safetensors.safe_open`` reads them) whose rows start on 4 KiB pages, so opening a store
 maps them (``mmap``, no read) and a model touches only the pages of the adapters it runs:
-:meth:`~tera.adapters.AdaptedModel.load_adapters` makes every adapter of a store usable in
+``AdaptedModel.load_adapters`` makes every adapter of a store usable in
 a mixed batch in the time it takes to read the index.
 
 Writing: :meth:`AdapterStore.add` takes one adapter folder (what ``save_pretrained``
