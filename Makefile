@@ -58,15 +58,19 @@ bench: $(STAMP)
 # VeRA, LoRA, HiRA) on a SmolLM2-135M-shaped model, prefill and decoding tokens/s against one
 # unmerged adapter, the merged and base models and PEFT's LoRA mixed batch; the targets it
 # checks and the bytes per extra adapter. Writes benchmarks/results/serve.md and serve.json (the
-# docs' Serving page reads them), then loads 1,000 TeRA adapters onto SmolLM2-135M
-# (benchmarks/results/many_adapters.md: load time, memory). Prompts of 32 tokens, 8 decoding
-# steps, SERVE_REPS=3 repetitions: see the results file for its measured duration; ~12 GB of
-# memory. Run it on an otherwise idle machine.
+# docs' Serving page reads them). Then 100,000 TeRA and 100,000 VeRA adapters in two stores
+# (written once into STORE_DIR, ~30 GB, reused by later runs): opening time, resident memory,
+# 64 adapters drawn afresh every call against one adapter and PEFT, training 64 adapters at
+# once, memory over 10,000 calls (benchmarks/results/many_adapters.md and .json). Prompts of 32
+# tokens, 8 decoding steps, SERVE_REPS=3 repetitions: see the results files for the measured
+# durations; ~16 GB of memory. Run it on an otherwise idle machine.
 SERVE_REPS ?= 3
+STORE_DIR ?= /tmp/tera-stores
 .PHONY: bench-serve
 bench-serve: $(STAMP)
 	$(PY) benchmarks/serve.py --reps $(SERVE_REPS) --length 32 --new-tokens 8 --out benchmarks/results/serve.md
-	$(PY) benchmarks/many_adapters.py --adapters 1000 --out benchmarks/results/many_adapters.md
+	$(PY) benchmarks/many_adapters.py --adapters 100000 --kinds tera,vera --store-dir $(STORE_DIR) \
+		--reps $(SERVE_REPS) --length 32 --new-tokens 8 --out benchmarks/results/many_adapters.md
 
 # The same on a CUDA machine, with its own Python and torch (PYTHON=..., default python3; it
 # needs tera's dependencies and peft): device tests on cuda, bf16/float32 layer steps, the

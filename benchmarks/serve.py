@@ -155,14 +155,23 @@ def row_names(names: Sequence[str], distinct: int, rows: int) -> list[str]:
     return [names[b % distinct] for b in range(rows)]
 
 
-def prefill_call(
-    model: nn.Module, ids: torch.Tensor, names: list[str] | None
-) -> Callable[[], None]:
+Names = list[str] | Callable[[], list[str]] | None
+"""The adapter names of a batch: none (a plain call), a list, or a draw made at every call."""
+
+
+def _names_of(names: Names) -> dict[str, Any]:
+    """The keyword arguments of one call (a callable draws its names now)."""
+    if names is None:
+        return {}
+    return {"adapter_names": names() if callable(names) else names}
+
+
+def prefill_call(model: nn.Module, ids: torch.Tensor, names: Names) -> Callable[[], None]:
     """A no-grad forward of the whole batch: fills a KV cache, the last position's logits."""
-    kwargs: dict[str, Any] = {} if names is None else {"adapter_names": names}
     mask = torch.ones_like(ids)
 
     def step() -> None:
+        kwargs = _names_of(names)
         with torch.no_grad():
             model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs)
 
@@ -170,12 +179,16 @@ def prefill_call(
 
 
 def decode_call(
-    model: nn.Module, ids: torch.Tensor, names: list[str] | None, new_tokens: int
+    model: nn.Module, ids: torch.Tensor, names: Names, new_tokens: int
 ) -> Callable[[], None]:
-    """``new_tokens`` greedy steps of ``generate`` on a cache prefilled with ``ids[:, :-1]``."""
+    """``new_tokens`` greedy steps of ``generate`` on a cache prefilled with ``ids[:, :-1]``.
+
+    With names drawn at every call, the cache is filled once with the first draw and every
+    call decodes on it with its own draw (the same work; the tokens are not the point).
+    """
     from transformers import DynamicCache
 
-    kwargs: dict[str, Any] = {} if names is None else {"adapter_names": names}
+    kwargs = _names_of(names)
     mask = torch.ones_like(ids)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():  # once, untimed: every call below continues this cache
@@ -197,8 +210,9 @@ def decode_call(
 
     def step() -> None:
         cache.crop(prompt - cache.get_seq_length())  # drop what the last call appended
+        drawn = _names_of(names)
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, cache=cache, **settings, **kwargs)  # type: ignore[operator]
+            model.generate(input_ids=ids, attention_mask=mask, cache=cache, **settings, **drawn)  # type: ignore[operator]
 
     return step
 

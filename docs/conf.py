@@ -8,6 +8,7 @@ no CDN at build or view time), the tutorials run at build time through myst-nb.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -47,6 +48,8 @@ nitpicky = True  # every cross-reference to tera must resolve; outside names are
 nitpick_ignore_regex = [
     ("py:class", r"(numpy|np|npt|torch|collections\.abc|typing|opt_einsum)\..+"),
     ("py:class", r"tera\.tn\._backend\.Array"),  # the numpy-or-torch TypeVar
+    ("py:class", r"tera\.adapters\.saving\.H"),  # the holder TypeVar of saving's helpers
+    ("py:class", r"contextvars\..+"),  # the standard library's, as annotated
     ("py:class", r"sequence|optional|array"),  # prose types of numpy-style docstrings
     ("py:class", r"nn\..+|(pathlib\.)?Path"),  # torch.nn and pathlib names as annotated
     ("py:class", r"matplotlib\..+|callable|mapping|str to mapping"),
@@ -80,6 +83,27 @@ nb_execution_raise_on_error = True  # a failing cell fails the build
 nb_execution_timeout = 600
 nb_merge_streams = True
 nb_ipywidgets_js: dict[str, Any] = {}  # no widget JavaScript from a CDN
+
+# The kernels that run the pages start with three third-party messages quietened: importing
+# a transformers model imports torchao when it is installed (to look for quantized weights),
+# and torchao logs that its CUDA kernels do not load on a CPU build (with the local path),
+# then torch logs a deprecation of torchao's enum registration; tqdm warns that ipywidgets
+# is missing. None says anything about the page; tera's own warnings and everything else
+# still show (scripts/check_docs.py fails on a cell output that shows a local site-packages
+# path). IPython runs the startup files of $IPYTHONDIR's profile in every kernel, which
+# inherits this environment.
+KERNEL_QUIET = """\
+import logging
+import warnings
+
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="IProgress not found")
+"""
+_IPYTHONDIR = DOCS / "_build" / "ipython"
+(_IPYTHONDIR / "profile_default" / "startup").mkdir(parents=True, exist_ok=True)
+(_IPYTHONDIR / "profile_default" / "startup" / "00-quiet-third-party.py").write_text(KERNEL_QUIET)
+os.environ["IPYTHONDIR"] = str(_IPYTHONDIR)
 
 # -- Math: MathJax 3 from a wheel, copied next to the pages -----------------------------
 _mathjax_spec = importlib.util.find_spec("mathjax")

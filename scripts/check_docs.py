@@ -8,13 +8,17 @@ Serves ``docs/_build/html`` on 127.0.0.1 (a free port, ``http.server`` in a thre
 2. with Debian's headless Chromium driven by Selenium and Debian's chromedriver, for every
    content page: MathJax finished, every math element was typeset with no TeX error, no raw
    ``\(``/``\[`` delimiter is left in the text, every request the page made went to the
-   local server and got 200, the console has no error; a full-page screenshot is saved.
+   local server and got 200, the console has no error, no table is wider than the column
+   it sits in (a reader would have to scroll it sideways to see its last columns: at the
+   default 1280 px window), and no executed cell's output shows a local install path
+   (``site-packages``: a third-party library's log line); a full-page screenshot is saved.
 
 Prints one line per page, closes with ``docs: N passed, N failed`` (pages) and exits
 non-zero on any problem. ``--no-browser`` runs step 1 only. Chromium and chromedriver come
 from Debian: ``apt-get update && apt-get install -y chromium chromium-driver``.
 
-Usage: ``python scripts/check_docs.py [--html DIR] [--screenshots DIR] [--no-browser]``
+Usage: ``python scripts/check_docs.py [--html DIR] [--screenshots DIR] [--no-browser]
+[--width PX] [--page PAGE ...]``
 """
 
 from __future__ import annotations
@@ -222,6 +226,42 @@ return {math: math.length, containers: containers.length, unrendered, invisible,
         resources, fontsOk, title: document.title};
 """
 
+# Tables wider than their column. A table sits in a column (the article, or a cell output,
+# an admonition, a list item); furo wraps it in a `.table-wrapper` that scrolls sideways, so
+# the wrapper is skipped when looking for the column. The table's width is the larger of its
+# box and its scroll width (a `display: block` table scrolls inside its own box).
+_WIDE_TABLES = r"""
+const found = [];
+for (const table of document.querySelectorAll('article table')) {
+  if (table.closest('.highlight, .highlighttable')) continue;  // code with line numbers
+  let column = table.parentElement;
+  while (column && column.matches('.table-wrapper, .table-wrapper *')) {
+    column = column.parentElement;
+  }
+  if (!column) continue;
+  const style = getComputedStyle(column);
+  const room = column.clientWidth - parseFloat(style.paddingLeft)
+      - parseFloat(style.paddingRight);
+  const width = Math.max(table.getBoundingClientRect().width, table.scrollWidth);
+  if (width <= room + 1) continue;
+  const header = (table.querySelector('tr') || table).textContent.replace(/\s+/g, ' ').trim();
+  const section = table.closest('section');
+  const heading = section && section.querySelector('h1, h2, h3, h4, h5, h6');
+  found.push({width: Math.round(width), room: Math.round(room), header: header.slice(0, 70),
+              section: heading ? heading.textContent.replace('#', '').trim().slice(0, 50) : ''});
+}
+return found;
+"""
+
+# Output of executed cells that shows where Python packages are installed: a third-party
+# library logging from inside its folder, noise on the page (docs/conf.py quietens the
+# known ones in the kernels).
+_LOCAL_PATHS = r"""
+return [...document.querySelectorAll('.cell_output')]
+  .map(e => (e.textContent.match(/[^\n]*(site-packages|\/\.venv\/)[^\n]*/) || [null])[0])
+  .filter(line => line !== null).map(line => line.trim().slice(0, 120));
+"""
+
 
 def _driver(chromium: str, chromedriver: str, profile: str, width: int) -> Any:
     from selenium import webdriver
@@ -277,6 +317,13 @@ def browser_check(
         problems.append(f"raw TeX delimiters left in the text, e.g. {info['raw'][0]!r}")
     if not info["fontsOk"]:
         problems.append("a MathJax font failed to load")
+    for line in driver.execute_script(_LOCAL_PATHS):
+        problems.append(f"an executed cell shows a local install path: {line!r}")
+    for table in driver.execute_script(_WIDE_TABLES):
+        problems.append(
+            f"table {table['width']} px wide in a {table['room']} px column (scrolls sideways at "
+            f"{width} px): {table['header']!r} in {table['section']!r}"
+        )
     for res in info["resources"]:
         if not _is_local(res["url"], server.base) and not res["url"].startswith("data:"):
             problems.append(f"loaded from outside the site: {res['url']}")
@@ -309,12 +356,24 @@ def main(argv: list[str] | None = None) -> int:
         "--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver"
     )
     ap.add_argument("--width", type=int, default=1280, help="window width in CSS pixels")
+    ap.add_argument(
+        "--page",
+        action="append",
+        default=[],
+        help="check only this page, e.g. tera-science.html (repeatable; default: every page)",
+    )
     args = ap.parse_args(argv)
 
     if not (args.html / "index.html").is_file():
         print(f"no built site at {args.html}: run `make docs` first", file=sys.stderr)
         return 2
     pages = list(_pages(args.html))
+    if args.page:
+        unknown = sorted(set(args.page) - set(pages))
+        if unknown:
+            print(f"no such page in {args.html}: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        pages = [p for p in pages if p in args.page]
     browser_pages = [p for p in pages if not p.startswith(SKIP_BROWSER_PREFIXES)]
     if not args.no_browser:
         missing = [p for p in (args.chromium, args.chromedriver) if not Path(p).is_file()]

@@ -1,8 +1,8 @@
 """Exceptions raised by tera.
 
 Every error subclasses both :class:`TeraError` and the built-in exception a caller would
-expect (``ValueError`` or ``TypeError``), so ``except ValueError`` keeps working. Messages
-name the bad value and say what would be valid.
+expect (``ValueError``, ``TypeError`` or ``OSError``), so ``except ValueError`` keeps
+working. Messages name the bad value and say what would be valid.
 
 Examples
 --------
@@ -27,6 +27,7 @@ __all__ = [
     "LoadError",
     "MergeError",
     "RankError",
+    "SaveError",
     "ShapeError",
     "TargetError",
     "TensorizationError",
@@ -78,6 +79,15 @@ class MergeError(TeraError, ValueError):
 
 class LoadError(TeraError, ValueError):
     """A saved adapter cannot be loaded as it is (missing/corrupt files, other shapes, ...)."""
+
+
+class SaveError(TeraError, OSError):
+    """An adapter cannot be written where asked (names the path, the reason and the fix).
+
+    E.g. a read-only folder, a path that is a file, a full disk. Catchable as ``OSError``.
+    A save that raises it leaves the previous version of every file it would have written
+    (or, past the commit point, the new one: the message says which).
+    """
 
 
 class FingerprintError(LoadError):

@@ -33,7 +33,7 @@ from tera.errors import (
     TensorizationError,
     TeraError,
 )
-from tests.adapters.common import llama, make_config, mlp, randomize_adapter
+from tests.adapters.common import edit_meta, llama, make_config, mlp, randomize_adapter
 
 
 def _linear(in_f: int = 16, out_f: int = 16) -> nn.Module:
@@ -47,13 +47,6 @@ def saved_dir(tmp_path):
     randomize_adapter(model)
     model.save_pretrained(tmp_path)
     return tmp_path
-
-
-def _edit_meta(directory, **changes) -> None:
-    path = directory / "adapter_config.json"
-    meta = json.loads(path.read_text())
-    meta.update(changes)
-    path.write_text(json.dumps(meta))
 
 
 # -- tensorization and ranks -------------------------------------------------------------------
@@ -247,7 +240,7 @@ def test_corrupted_safetensors_file(saved_dir):
 
 
 def test_config_from_a_newer_format_version(saved_dir):
-    _edit_meta(saved_dir, format_version=2)
+    edit_meta(saved_dir, format_version=2)
     with pytest.raises(
         LoadError, match=r"has format_version 2 but this tera reads up to 1; upgrade tera"
     ):
@@ -255,7 +248,7 @@ def test_config_from_a_newer_format_version(saved_dir):
 
 
 def test_factor_fingerprint_mismatch(saved_dir):
-    _edit_meta(saved_dir, factor_fingerprint="ab" * 32)
+    edit_meta(saved_dir, factor_fingerprint="ab" * 32)
     with pytest.raises(
         FingerprintError,
         match=r"\(\w{12}\.\.\. vs abababababab\.\.\.\).*Re-save the adapter with "
@@ -272,6 +265,12 @@ def test_tensor_of_the_wrong_shape_in_the_file(saved_dir):
     name = next(iter(sorted(tensors)))
     tensors[name] = torch.zeros(3)
     save_file(tensors, str(path))
+    with pytest.raises(LoadError, match=r"SHA-256 differs from the one recorded"):
+        from_pretrained(llama(), saved_dir)  # the weights digest catches the edit first
+    meta_path = saved_dir / "adapter_config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["weights_sha256"]  # a file written before digests: the shape check refuses it
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(LoadError, match=rf"tensor '{name}' has shape \(3,\) in the file but"):
         from_pretrained(llama(), saved_dir)
 

@@ -23,7 +23,7 @@ from tera.adapters import AdaptedModel, adapt
 from tera.adapters import from_pretrained as load_adapter
 from tera.adapters.layer import AdapterLinear, execution_policy
 from tera.adapters.policy import cuda_tf32_enabled
-from tera.adapters.tera_kernel import scaled_tucker_matrix
+from tera.adapters.tera_kernel import lean_tucker_matrix
 from tera.tn import tucker_to_matrix
 from tests.adapters.common import KINDS, inputs, llama, make_config, randomize_adapter
 
@@ -63,7 +63,7 @@ def test_tucker_kernel_on_device_matches_float64(modes, k):
         vs = [v.to(device, dtype).detach().requires_grad_() for v in vectors]
         c, fs = core.to(device, dtype), [f.to(device, dtype) for f in factors]
         if kernel:
-            m = scaled_tucker_matrix(c, vs, fs, k, transpose=True)
+            m = lean_tucker_matrix(c, vs, fs, k, transpose=True)
         else:
             m = tucker_to_matrix(c, [v[:, None] * f for v, f in zip(vs, fs)], k).T
         (m * upstream.to(device, dtype)).sum().backward()

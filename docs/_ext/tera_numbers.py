@@ -579,6 +579,11 @@ def _numbers() -> dict[str, Callable[[], str]]:
                 n[f"serve.target.{kind}.{part}.{short}"] = lambda k=kind, p=part, m=measure: (
                     "met" if serve_target(k, p, m) else "missed"
                 )
+    for variant in serve_results()["variants"]:  # throughputs as measured (not paired)
+        for part in ("prefill", "decode"):
+            n[f"serve.{variant.replace('/', '.')}.{part}.tps"] = lambda v=variant, p=part: (
+                f"{serve_results()['variants'][v][p]['tokens_per_s']:.0f} tokens/s"
+            )
     n["serve.lora_over_tera.bytes"] = lambda: (
         f"{serve_results()['memory']['lora']['adapter_bytes'] / serve_results()['memory']['tera']['adapter_bytes']:.0f}"  # noqa: E501
     )

@@ -11,6 +11,7 @@ Examples
 trainable params: 76 || all params: 4,886 || trainable%: 1.5555
 """
 
+from tera.adapters.batch import BANK_CACHE, BASE_ADAPTER, RowAdapters
 from tera.adapters.config import (
     DEFAULT_TARGET_MODULES,
     AdapterConfig,
@@ -18,16 +19,8 @@ from tera.adapters.config import (
     LoRAConfig,
     TeRAConfig,
     VeRAConfig,
-    config_from_dict,
 )
-from tera.adapters.layer import (
-    BANK_CACHE,
-    BASE_ADAPTER,
-    AdapterLinear,
-    ExecutionPolicy,
-    RowAdapters,
-    execution_policy,
-)
+from tera.adapters.layer import AdapterLinear, ExecutionPolicy, execution_policy
 from tera.adapters.model import (
     AdaptedModel,
     ParameterReport,
@@ -46,6 +39,8 @@ from tera.adapters.quantized import (
     quantize_model,
     weight_bytes,
 )
+from tera.adapters.registry import config_from_dict
+from tera.adapters.store import AdapterStore, StoreWarning
 
 __all__ = [
     "BANK_CACHE",
@@ -54,12 +49,14 @@ __all__ = [
     "AdaptedModel",
     "AdapterConfig",
     "AdapterLinear",
+    "AdapterStore",
     "ExecutionPolicy",
     "HiRAConfig",
     "LoRAConfig",
     "ParameterReport",
     "QuantizedMergeWarning",
     "RowAdapters",
+    "StoreWarning",
     "TeRAConfig",
     "VeRAConfig",
     "adapt",

@@ -1,6 +1,7 @@
 """One dataclass per adapter, sharing the fields every adapter has.
 
-Configs are plain data: they round-trip through JSON (``to_dict`` / ``config_from_dict``)
+Configs are plain data: they round-trip through JSON (``to_dict`` /
+:func:`~tera.adapters.registry.config_from_dict`)
 and are validated when built, so a bad value fails at construction with a message that
 says what would be valid.
 
@@ -22,8 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tera.adapters import registry
-from tera.errors import ConfigError, LoadError, RankError, TargetError
+from tera.errors import ConfigError, RankError, TargetError
 from tera.theory import tera_scheme
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "LoRAConfig",
     "TeRAConfig",
     "VeRAConfig",
-    "config_from_dict",
 ]
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj", "query", "value")
@@ -395,39 +394,3 @@ class TeRAConfig(AdapterConfig):
             if isinstance(value, dict):
                 out[name] = {str(k): list(v) for k, v in value.items()}
         return out
-
-
-def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
-    """Rebuild a config from :meth:`AdapterConfig.to_dict` output.
-
-    Raises
-    ------
-    LoadError
-        For an unknown ``kind`` or unknown fields.
-
-    Examples
-    --------
-    >>> from tera.adapters import LoRAConfig, config_from_dict
-    >>> config_from_dict({"kind": "lora", "r": 4}) == LoRAConfig(r=4)
-    True
-    """
-    if not isinstance(data, Mapping):
-        raise LoadError(
-            f"an adapter config must be a dict such as {{'kind': 'tera', ...}}, "
-            f"got {type(data).__name__}"
-        )
-    fields = dict(data)
-    kind = fields.pop("kind", None)
-    cls = registry.config_class(kind)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise LoadError(
-            f"{kind} config has unknown field(s) {unknown}; known fields: {sorted(known)} "
-            "(was it written by a newer tera?)"
-        )
-    for name in ("target_modules", "modules_to_save", "ranks", "in_modes", "out_modes"):
-        value = fields.get(name)
-        if isinstance(value, list):
-            fields[name] = tuple(value)
-    return cls(**fields)

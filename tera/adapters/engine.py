@@ -26,7 +26,6 @@ per-call path does no validation, no planning and builds no objects beyond the t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast
@@ -50,6 +49,7 @@ __all__ = [
     "build_evaluator",
     "choose_path",
     "delta_weight",
+    "needs_backward",
     "path_costs",
     "push",
     "validate_network",
@@ -67,6 +67,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _not_compiled(fn: _F) -> _F:
     """Keep ``torch.compile`` out of planning and decisions (Python bookkeeping)."""
     return cast(_F, torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
+
+
+def needs_backward(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether a call on ``tensors`` records a backward (grad mode on, one of them trains).
+
+    The one test of "is it training?" behind every pricing decision.
+    """
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 class Evaluator(Protocol):
@@ -92,6 +100,21 @@ class Evaluator(Protocol):
 
     def push(self, operands: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``x @ dW.T`` for ``x`` of shape ``(..., in_features)``, without forming ``dW``."""
+        ...
+
+    def push_rows(
+        self,
+        operands: Sequence[torch.Tensor],
+        stacked: Sequence[bool],
+        x: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """``x[b] @ dW_{rows[b]}.T`` for every leading row ``b`` of ``x`` (a *bank*).
+
+        The operands flagged in ``stacked`` carry a leading adapter axis (the tensors of
+        several adapters of one network, stacked); ``rows[b]`` picks row ``b``'s adapter.
+        ``x`` is ``(rows, tokens, in_features)``.
+        """
         ...
 
     def build_flops(self, backward: bool) -> int:
@@ -312,6 +335,25 @@ class EinsumEvaluator:
         xt = x.reshape(tokens, *self._in_shape)
         out = self._push_plan(tokens)(xt, *operands)
         return out.reshape(*lead, self._out)
+
+    def push_rows(
+        self,
+        operands: Sequence[torch.Tensor],
+        stacked: Sequence[bool],
+        x: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """A bank adapter by adapter: :meth:`push` of each adapter on its own rows.
+
+        The generic form of the protocol's bank method (evaluators that can do better,
+        TeRA's and the chain's, run the whole bank in one pass).
+        """
+        out = x.new_zeros(*x.shape[:-1], self._out)
+        for adapter in torch.unique(rows).tolist():
+            sel = torch.nonzero(rows == adapter).reshape(-1)
+            ops = [op[adapter] if flag else op for op, flag in zip(operands, stacked, strict=True)]
+            out = out.index_add(0, sel, self.push(ops, x.index_select(0, sel)))
+        return out
 
     def build_flops(self, backward: bool) -> int:
         """The plan's FLOPs; its backward about twice as many."""
@@ -571,6 +613,24 @@ class LayerEngine:
             self._decisions[key] = path
         return path
 
+    def split_bank(self, tokens: Sequence[int], backward: bool) -> bool:
+        """Whether a bank costs fewer FLOPs adapter by adapter than in one pass.
+
+        ``tokens`` holds each adapter's token count. One pass pushes every row through the
+        shared operands; alone, an adapter with many tokens (a long prefill of few
+        adapters) materializes its ``dW`` once instead. Pushing is linear in the tokens,
+        so splitting only pays off where some adapter materializes (else the same FLOPs in
+        more, smaller calls).
+        """
+        one_pass = self.costs(sum(tokens), False, backward)["push"]
+        alone, materializes = 0.0, False
+        for n in tokens:
+            if n:
+                costs = self.costs(n, False, backward)
+                alone += min(costs.values())
+                materializes |= costs["materialize"] < costs["push"]
+        return materializes and alone < one_pass
+
     def delta_weight(self, operands: Sequence[torch.Tensor]) -> torch.Tensor:
         """``dW`` (``out x in``) from prepared operands, under the policy's precision."""
         if self.policy.tf32_build:
@@ -691,26 +751,3 @@ def choose_path(
     ('push', 'materialize')
     """
     return _engine(net, build_rate, push_rate).choose(tokens, fused, backward)
-
-
-_RENAMED = {"Path": "EvalPath", "DeltaKernel": "Evaluator"}
-
-
-def __getattr__(name: str) -> Any:
-    """Deprecated names, with a warning.
-
-    ``Path`` is now :data:`EvalPath` (it shadowed :class:`pathlib.Path`), ``DeltaKernel``
-    :class:`Evaluator` and ``TuckerKernel``
-    :class:`tera.adapters.tera_kernel.TuckerEvaluator`.
-    """
-    if name in _RENAMED or name == "TuckerKernel":
-        new = _RENAMED.get(name, "tera.adapters.tera_kernel.TuckerEvaluator")
-        warnings.warn(
-            f"tera.adapters.engine.{name} is deprecated; use {new}", DeprecationWarning, 2
-        )
-        if name == "TuckerKernel":
-            from tera.adapters.tera_kernel import TuckerEvaluator
-
-            return TuckerEvaluator
-        return globals()[_RENAMED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

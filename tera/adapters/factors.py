@@ -11,6 +11,13 @@ float64 in [0, 1). Only integer and IEEE float operations, so the result is bit-
 
 A SHA-256 fingerprint of the float32 values is saved with an adapter and checked on load.
 
+**A model converted after** ``adapt`` (``model.to(torch.bfloat16)``) rounds its factors:
+its outputs come from the rounded values, not the generated ones. :class:`SharedFactors`
+records the narrowing conversions each factor went through (``factor_casts`` in the saved
+JSON) and fingerprints the values it holds, so a save regenerates exactly those values on
+load (the generated float32 values, rounded through the same dtypes: rounding is
+deterministic) or, with ``include_factors``, stores and checks them as they are.
+
 Examples
 --------
 >>> from tera.adapters.factors import counter_uniform
@@ -23,13 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from tera.adapters.io import FACTOR_PREFIX
 from tera.errors import FingerprintError, LoadError
 
 __all__ = ["SharedFactors", "counter_uniform", "fingerprint"]
@@ -88,6 +96,34 @@ def counter_uniform(key: str, shape: tuple[int, ...], bound: float) -> torch.Ten
     return torch.from_numpy(out.reshape(shape))
 
 
+_DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"bfloat16"`` for ``torch.bfloat16``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _covers(wide: torch.dtype, narrow: torch.dtype) -> bool:
+    """Whether every value of ``narrow`` is exactly a value of ``wide``."""
+    if wide == narrow:
+        return True
+    if not (wide.is_floating_point and narrow.is_floating_point):
+        return False
+    w, n = torch.finfo(wide), torch.finfo(narrow)
+    return w.bits >= n.bits and w.eps <= n.eps and w.max >= n.max and w.tiny <= n.tiny
+
+
+def _combined(fingerprints: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(fingerprints):
+        h.update(f"{key}={fingerprints[key]};".encode())
+    return h.hexdigest()
+
+
 def fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """SHA-256 over (name, shape, float32 little-endian bytes) of each tensor, sorted by name.
 
@@ -128,9 +164,13 @@ class SharedFactors(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._names: dict[str, str] = {}
-        self._fingerprints: dict[str, str] = {}
+        # fingerprint of the values held (None: to be taken again after a conversion rounded)
+        self._fingerprints: dict[str, str | None] = {}
         self._builders: dict[str, Callable[[], torch.Tensor]] = {}
         self._built: dict[str, str] = {}  # fingerprints as first built (set() may replace)
+        self._casts: dict[str, list[str]] = {}  # narrowing dtypes the values went through
+        self._exact: dict[str, torch.dtype] = {}  # a dtype holding the values exactly
+        self._replaced: set[str] = set()  # set() to values the seed does not give
         self._tensors: list[torch.Tensor] | None = None
 
     def keys(self) -> list[str]:
@@ -155,6 +195,12 @@ class SharedFactors(nn.Module):
         self._tensors = None
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self._tensors = None
+        for key in self._names:  # a conversion to a narrower dtype rounds the values
+            dtype = self.get(key).dtype
+            if not _covers(dtype, self._exact[key]):
+                self._casts[key].append(dtype_name(dtype))
+                self._exact[key] = dtype
+                self._fingerprints[key] = None
         return self
 
     def register_buffer(
@@ -180,12 +226,15 @@ class SharedFactors(nn.Module):
         if key not in self._names:
             name = f"factor_{len(self._names)}"
             tensor = build()
-            self._fingerprints[key] = fingerprint([(key, tensor)])
+            found = fingerprint([(key, tensor)])
+            self._fingerprints[key] = found
             if device is not None:
                 tensor = tensor.to(device)
             self._names[key] = name
             self._builders[key] = build
-            self._built[key] = self._fingerprints[key]
+            self._built[key] = found
+            self._casts[key] = []
+            self._exact[key] = tensor.dtype
             self.register_buffer(name, tensor, persistent=False)
         return self.get(key)
 
@@ -211,13 +260,32 @@ class SharedFactors(nn.Module):
                     f"factor {key!r} regenerated differently from the one first built; the "
                     "generator is not deterministic on this platform: report this as a bug"
                 )
-            self._fingerprints[key] = self._built[key]
             current = self.get(key)
+            self._hold(key, value, [])
+            self._replaced.discard(key)
             if not current.is_meta:  # on meta there is nothing to write into
                 current.copy_(value.to(current.device, current.dtype))
 
+    def _hold(self, key: str, source: torch.Tensor, casts: list[str]) -> None:
+        """Record that ``key`` now holds ``source``, reached through ``casts``.
+
+        A buffer narrower than ``source`` rounds it once more (one more cast).
+        """
+        held = self.get(key).dtype
+        self._casts[key] = list(casts)
+        self._exact[key] = source.dtype
+        self._fingerprints[key] = fingerprint([(key, source)])
+        if not _covers(held, source.dtype):
+            self._casts[key].append(dtype_name(held))
+            self._exact[key] = held
+            self._fingerprints[key] = None
+
     def set(self, key: str, value: torch.Tensor) -> None:
-        """Replace the values of an existing factor (shape must match)."""
+        """Replace the values of an existing factor (shape must match).
+
+        Values the seed does not give (after the conversions they record) mark the factor
+        :meth:`replaced`.
+        """
         current = self.get(key)
         if tuple(current.shape) != tuple(value.shape):
             raise LoadError(
@@ -225,19 +293,66 @@ class SharedFactors(nn.Module):
             )
         with torch.no_grad():
             current.copy_(value.to(current.device, current.dtype))
-        self._fingerprints[key] = fingerprint([(key, value)])
+        self._hold(key, value, [])
+        if self._fingerprints[key] == self._built[key] or (
+            value.dtype != torch.float32
+            and value.is_floating_point()
+            and self._is_rounded_build(key, value)
+        ):
+            self._replaced.discard(key)
+            if value.dtype != torch.float32:
+                self._casts[key] = [dtype_name(value.dtype), *self._casts[key]]
+        else:
+            self._replaced.add(key)
+
+    def _is_rounded_build(self, key: str, value: torch.Tensor) -> bool:
+        """Whether ``value`` is the generated factor rounded to its dtype (a converted model's)."""
+        built = self._builders[key]()
+        return bool(torch.equal(built.to(value.dtype), value.to("cpu")))
+
+    def held_fingerprint(self, key: str) -> str:
+        """SHA-256 of the float32 values ``key`` holds now (taken again after a rounding)."""
+        found = self._fingerprints[key]
+        if found is None:
+            found = self._fingerprints[key] = fingerprint([(key, self.get(key))])
+        return found
 
     def fingerprint(self, keys: Iterable[str] | None = None) -> str:
-        """SHA-256 of the float32 values of the given factors (all by default).
+        """SHA-256 of the values the given factors (all by default) hold, as float32.
 
-        Taken when a factor is created (or replaced with :meth:`set`), so moving the model
-        to another dtype does not change it.
+        Taken when a factor is created (or replaced with :meth:`set`), and again (once)
+        after a conversion rounded it: a model moved to float64 and back keeps it, one
+        converted to bfloat16 gets the fingerprint of the values it now computes with.
         """
         chosen = sorted(self._names if keys is None else set(keys))
-        h = hashlib.sha256()
-        for key in chosen:
-            h.update(f"{key}={self._fingerprints[key]};".encode())
-        return h.hexdigest()
+        return _combined({key: self.held_fingerprint(key) for key in chosen})
+
+    def casts(self, keys: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """The narrowing dtypes each factor's values went through, for the factors with any."""
+        chosen = self._names if keys is None else keys
+        return {k: list(self._casts[k]) for k in chosen if self._casts[k]}
+
+    def describe(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The JSON fields of a save that let a load rebuild exactly these factors' values.
+
+        ``factor_fingerprint`` (of the values held), and ``factor_casts`` where a
+        conversion rounded them.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tera.adapters.factors import SharedFactors, counter_uniform
+        >>> shared = SharedFactors()
+        >>> _ = shared.get_or_create("k", lambda: counter_uniform("k", (3,), 1.0))
+        >>> _ = shared.to(torch.bfloat16)
+        >>> shared.describe(["k"])["factor_casts"]
+        {'k': ['bfloat16']}
+        """
+        out: dict[str, Any] = {"factor_fingerprint": self.fingerprint(keys)}
+        casts = self.casts(keys)
+        if casts:
+            out["factor_casts"] = casts
+        return out
 
     def replaced(self, keys: Iterable[str] | None = None) -> bool:
         """Whether any of the given factors (all by default) was :meth:`set` to other values.
@@ -245,7 +360,118 @@ class SharedFactors(nn.Module):
         Such factors (e.g. a PEFT VeRA's projections) cannot be regenerated from the seed.
         """
         chosen = self._names if keys is None else keys
-        return any(self._fingerprints[k] != self._built.get(k) for k in chosen)
+        return any(k in self._replaced for k in chosen)
+
+    @torch.no_grad()
+    def restore(
+        self,
+        keys: Sequence[str],
+        meta: Mapping[str, Any],
+        stored: Mapping[str, torch.Tensor] | None,
+        others: Collection[str],
+        where: str,
+    ) -> None:
+        """Give ``keys`` the values a saved adapter was computed with, checked.
+
+        ``meta`` is the saved JSON (``factor_keys``, ``factor_fingerprint``, and
+        ``factor_casts``), ``stored`` the factors saved in the file (by position in
+        ``factor_keys``), or ``None``: regenerated from the seed, rounded through the
+        recorded casts. Factors in ``others`` (used by the model's other adapters) must
+        already hold those values: they are never changed.
+
+        Raises
+        ------
+        FingerprintError
+            The values do not match the saved fingerprint (another generator, or a file
+            changed after the save), or the factor scheme differs.
+        LoadError
+            A stored factor is missing, or the other adapters' factors would change.
+        """
+        saved_keys = list(meta["factor_keys"])
+        if sorted(keys) != sorted(saved_keys):
+            raise FingerprintError(
+                f"this tera builds factors {list(keys)} for the adapter but it was saved "
+                f"with {saved_keys}; the factor scheme changed between versions"
+            )
+        values: dict[str, torch.Tensor] = {}
+        chains: dict[str, list[str]] = {}
+        if stored is not None:
+            for i, key in enumerate(saved_keys):
+                name = f"{FACTOR_PREFIX}{i}"
+                if name not in stored:
+                    raise LoadError(
+                        f"the weights file in {where} lacks the factor '{key}' it should include"
+                    )
+                values[key], chains[key] = stored[name], []
+        else:
+            casts = meta.get("factor_casts", {})
+            for key in keys:
+                chains[key] = list(casts.get(key, []))
+                if chains[key] == self._casts[key] and key not in self._replaced:
+                    continue  # held already: nothing to regenerate
+                value = self._builders[key]()
+                for dtype in chains[key]:
+                    value = value.to(_DTYPES[dtype])
+                values[key] = value
+        found = _combined(
+            {
+                key: fingerprint([(key, values[key])])
+                if key in values
+                else self.held_fingerprint(key)
+                for key in keys
+            }
+        )
+        if found != meta["factor_fingerprint"]:
+            what = (
+                "stored in the file"
+                if stored is not None
+                else (f"regenerated from seed {meta.get('seed')}")
+            )
+            raise FingerprintError(
+                f"the factors {what} do not match the fingerprint saved with the adapter in "
+                f"{where} ({found[:12]}... vs {str(meta['factor_fingerprint'])[:12]}...): "
+                "loading would give a different model. Re-save the adapter with "
+                "include_factors=True where it was trained."
+            )
+        for key, value in values.items():
+            current = self.get(key)
+            if key in others:
+                if not torch.equal(value.to(current.device, current.dtype), current):
+                    raise LoadError(
+                        f"the adapter in {where} comes with frozen factors '{key}' that "
+                        "differ from those the model's other adapters use under that key; "
+                        "loading it would change them: load it into a model of its own"
+                    )
+                continue
+            if stored is not None:
+                self.set(key, value)
+            else:
+                current.copy_(value.to(current.device, current.dtype))
+                self._hold(key, value, chains[key][:0])
+                self._casts[key] = chains[key] + self._casts[key]
+                self._replaced.discard(key)
+
+    def snapshot(self) -> Callable[[], None]:
+        """A function that puts every factor back as it is now (values and records)."""
+        state = {
+            key: (
+                self.get(key).detach().clone(),
+                self._fingerprints[key],
+                list(self._casts[key]),
+                self._exact[key],
+                key in self._replaced,
+            )
+            for key in self._names
+        }
+
+        @torch.no_grad()
+        def restore() -> None:
+            for key, (value, fp, casts, exact, replaced) in state.items():
+                self.get(key).copy_(value)
+                self._fingerprints[key], self._casts[key], self._exact[key] = fp, casts, exact
+                (self._replaced.add if replaced else self._replaced.discard)(key)
+
+        return restore
 
     def items(self) -> list[tuple[str, torch.Tensor]]:
         """``(key, tensor)`` pairs."""

@@ -1,15 +1,17 @@
-"""The factory: ``adapt(model, config)`` and the ``AdaptedModel`` it returns (PEFT-familiar)."""
+"""``adapt(model, config)`` and the ``AdaptedModel`` it returns: tera's PEFT-named face.
+
+The jobs behind it have their own modules: targeting (:mod:`tera.adapters.targets`), the
+layer (:mod:`tera.adapters.layer`), mixed batches (:mod:`tera.adapters.batch`), saving and
+loading (:mod:`tera.adapters.saving`, over the byte format of :mod:`tera.adapters.io`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path as FsPath
-from types import MappingProxyType
-from typing import Any, cast, overload
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -18,32 +20,27 @@ import tera.adapters.hira
 import tera.adapters.lora
 import tera.adapters.tera
 import tera.adapters.vera  # noqa: F401 - the four adapters register themselves on import
-from tera.adapters import io, peft_format, quantized, registry
-from tera.adapters.base import Adapter
-from tera.adapters.config import AdapterConfig, config_from_dict
-from tera.adapters.factors import SharedFactors, fingerprint
-from tera.adapters.layer import (
-    BASE_ADAPTER,
-    AdapterLinear,
-    EnginePath,
-    RowAdapters,
-    is_conv1d,
-    linear_shape,
-    module_weight,
+from tera.adapters import io, quantized, registry, saving
+from tera.adapters.batch import route
+from tera.adapters.config import AdapterConfig
+from tera.adapters.factors import SharedFactors
+from tera.adapters.layer import AdapterLinear, EnginePath
+from tera.adapters.many import AdapterRows, ManyAdapters
+from tera.adapters.targets import (
+    ParameterReport,
+    attach,
+    check_adapter_name,
+    check_same_device,
+    find_targets,
+    modules_to_save,
+    named_modules,
+    parameter_report,
+    set_submodule,
+    targets_to_add,
 )
-from tera.errors import (
-    AdapterStateError,
-    BackendError,
-    FingerprintError,
-    FormatError,
-    LoadError,
-    ShapeError,
-    TargetError,
-)
-from tera.theory import params_percent
+from tera.errors import AdapterStateError, LoadError, ShapeError
 
 __all__ = [
-    "ADAPTERS",
     "AdaptedModel",
     "ParameterReport",
     "adapt",
@@ -53,164 +50,6 @@ __all__ = [
     "parameter_report",
     "save_adapter",
 ]
-
-ADAPTERS: Mapping[type[AdapterConfig], type[Adapter]] = MappingProxyType(
-    {
-        registry.adapter_class_for_kind(k).config_class: registry.adapter_class_for_kind(k)
-        for k in registry.kinds()
-    }
-)
-"""Config class -> adapter class: a read-only view of :mod:`tera.adapters.registry`."""
-_adapter_class = registry.adapter_class
-
-
-def _matches(name: str, patterns: str | Sequence[str]) -> bool:
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def _inside_adapter(name: str, adapted: set[str]) -> bool:
-    parts = name.split(".")
-    return any(".".join(parts[:i]) in adapted for i in range(1, len(parts)))
-
-
-def find_targets(
-    model: nn.Module, target_modules: str | Sequence[str]
-) -> list[tuple[str, nn.Module]]:
-    """The ``(name, module)`` pairs that ``target_modules`` selects.
-
-    Raises
-    ------
-    TargetError
-        If nothing matches (the message lists the model's Linear layers), or a matched
-        module is not a Linear layer.
-    AdapterStateError
-        If a matched layer is already adapted.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> from tera.adapters import find_targets
-    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> [name for name, _ in find_targets(mlp, ["0", "2"])]
-    ['0', '2']
-    """
-    adapted = {n for n, m in model.named_modules() if isinstance(m, AdapterLinear)}
-    found: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if not name or _inside_adapter(name, adapted) or not _matches(name, target_modules):
-            continue
-        if isinstance(module, AdapterLinear):
-            raise AdapterStateError(
-                f"'{name}' is already adapted; call unload() or merge_and_unload() before "
-                "adapting it again"
-            )
-        if not _is_linear(module):
-            linear_shape(module, name)  # raises TargetError naming the module and its type
-        found.append((name, module))
-    if not found:
-        linears = [
-            n for n, m in model.named_modules() if _is_linear(m) and not _inside_adapter(n, adapted)
-        ]
-        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
-        raise TargetError(
-            f"target_modules={target_modules!r} matched no module; the model's Linear layers "
-            f"end in: {', '.join(suffixes) or '(none)'} (e.g. {linears[:3]})"
-        )
-    return found
-
-
-def _modules_outside_adapters(
-    module: nn.Module, prefix: str = ""
-) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, module)`` of every submodule, adapted layers included but not entered.
-
-    The walk never descends into an :class:`AdapterLinear`, so its cost does not grow with
-    the number of adapters the layers hold.
-    """
-    for name, child in module.named_children():
-        full = f"{prefix}.{name}" if prefix else name
-        yield full, child
-        if not isinstance(child, AdapterLinear):
-            yield from _modules_outside_adapters(child, full)
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-@dataclass(frozen=True)
-class ParameterReport:
-    """Parameter counts of an adapter on a model (computed from shapes only).
-
-    Attributes
-    ----------
-    adapter : int
-        Trainable adapter parameters (the paper's numerator).
-    modules_to_save : int
-        Parameters of ``modules_to_save`` (e.g. a new head), counted apart.
-    base : int
-        All parameters of the base model.
-    layers : dict
-        ``name -> (in_features, out_features, trainable)`` per adapted layer.
-    """
-
-    adapter: int
-    modules_to_save: int
-    base: int
-    layers: dict[str, tuple[int, int, int]]
-
-    @property
-    def percent(self) -> float:
-        """The paper's "Params (%)", ``100 * adapter / (base + adapter)``."""
-        return params_percent(self.adapter, self.base)
-
-
-def parameter_report(model: nn.Module, config: AdapterConfig) -> ParameterReport:
-    """Count what ``adapt(model, config)`` would train, without building anything.
-
-    Works for models on the ``meta`` device (e.g. ``AutoModel.from_config`` under
-    ``torch.device("meta")``), so a 7B model's "Params (%)" costs no memory.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> from tera.adapters import LoRAConfig, parameter_report
-    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> parameter_report(mlp, LoRAConfig(r=2, target_modules=["0"])).adapter
-    24
-    """
-    cls = _adapter_class(config)
-    layers: dict[str, tuple[int, int, int]] = {}
-    for name, module in find_targets(model, config.target_modules):
-        in_f, out_f = linear_shape(module, name)
-        layers[name] = (in_f, out_f, cls.trainable_count(config, in_f, out_f))
-    saved = sum(
-        p.numel()
-        for _, m in _modules_to_save(model, config.modules_to_save)
-        for p in m.parameters()
-    )
-    base = sum(quantized.numel(p) for p in model.parameters())  # hook: 4-bit packs 2 a byte
-    return ParameterReport(sum(t for _, _, t in layers.values()), saved, base, layers)
-
-
-def _modules_to_save(model: nn.Module, names: Sequence[str]) -> list[tuple[str, nn.Module]]:
-    if not names:
-        return []
-    found = [(n, m) for n, m in model.named_modules() if n and _matches(n, names)]
-    if not found:
-        top = [n for n, _ in model.named_children()]
-        raise TargetError(
-            f"modules_to_save={list(names)!r} matched no module; top-level modules: {top}"
-        )
-    return found
 
 
 def adapt(
@@ -252,7 +91,7 @@ def adapt(
     >>> model.trainable_parameter_count()   # d vectors of modes (4, 4 | 4, 4)
     16
     """
-    cls = _adapter_class(config)
+    registry.adapter_class(config)  # refuses a config that is not an adapter's
     if any(isinstance(m, AdapterLinear) for m in model.modules()):
         raise AdapterStateError(
             "this model already carries an adapter; call unload() or merge_and_unload() on "
@@ -261,50 +100,18 @@ def adapt(
     if targets is None:
         found = find_targets(model, config.target_modules)
     else:
-        found = []
-        for name in targets:
-            try:
-                found.append((name, model.get_submodule(name)))
-            except AttributeError:
-                raise TargetError(f"the model has no module named '{name}'") from None
-    saved = _modules_to_save(model, config.modules_to_save)
-    _check_adapter_name(adapter_name)
-    _same_device(found)
+        found = named_modules(model, targets)
+    saved = modules_to_save(model, config.modules_to_save)
+    check_adapter_name(adapter_name)
+    check_same_device(found)
     for p in model.parameters():
         p.requires_grad_(False)
     shared = SharedFactors()
-    layers: dict[str, AdapterLinear] = {}
-    for name, module in found:
-        in_f, out_f = linear_shape(module, name)
-        adapter = cls(config, in_f, out_f, shared, name, device=module_weight(module).device)
-        layer = AdapterLinear(
-            module, adapter, dropout=config.dropout, shared=shared, adapter_name=adapter_name
-        )
-        _set_submodule(model, name, layer)
-        layers[name] = layer
+    wrapped = attach(model, found, config, shared, adapter_name, adapter_name)
     for _, m in saved:
         for p in m.parameters():
             p.requires_grad_(True)
-    return AdaptedModel(model, config, layers, [n for n, _ in saved], adapter_name)
-
-
-def _check_adapter_name(name: object) -> None:
-    if not isinstance(name, str) or not name or "." in name or name == BASE_ADAPTER:
-        raise AdapterStateError(
-            f"adapter_name must be a non-empty string without dots, other than "
-            f"{BASE_ADAPTER!r} (which names the base model in mixed batches); got {name!r}"
-        )
-
-
-def _same_device(found: Sequence[tuple[str, nn.Module]]) -> None:
-    devices = {str(module_weight(m).device) for _, m in found}
-    if len(devices) > 1:
-        where = {n: str(module_weight(m).device) for n, m in found}
-        raise BackendError(
-            f"the target layers live on different devices ({', '.join(sorted(devices))}: "
-            f"{dict(list(where.items())[:4])}); the frozen shared factors are stored once per "
-            "shape, on one device: move the model to one device (model.to(device)) before adapt()"
-        )
+    return AdaptedModel(model, config, wrapped, [n for n, _ in saved], adapter_name)
 
 
 class _Forward:
@@ -329,7 +136,7 @@ def _call_base(self: AdaptedModel, *args: Any, **kwargs: Any) -> Any:
     names = kwargs.pop("adapter_names", None)
     if names is None:
         return self.base_model(*args, **kwargs)
-    with self._mixed_batch(names, args, kwargs):
+    with self._route(names, args, kwargs):
         return self.base_model(*args, **kwargs)
 
 
@@ -346,7 +153,7 @@ class _ForwardDescriptor:
         return _call_base if obj is None else _Forward(obj)
 
 
-class AdaptedModel(nn.Module):
+class AdaptedModel(ManyAdapters, nn.Module):
     """A model with adapters attached; forwards everything else to the base model.
 
     Attributes not defined here (``config``, ``get_input_embeddings``, ...) are looked up
@@ -372,7 +179,7 @@ class AdaptedModel(nn.Module):
         self,
         model: nn.Module,
         config: AdapterConfig,
-        layers: dict[str, AdapterLinear],
+        layers: Iterable[str],
         modules_to_save: list[str],
         adapter_name: str = "default",
     ) -> None:
@@ -382,6 +189,7 @@ class AdaptedModel(nn.Module):
         self._active = adapter_name
         self._layer_names = list(layers)
         self.modules_to_save = modules_to_save
+        self._rows = AdapterRows()  # adapters held as rows (tera.adapters.many)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -412,45 +220,15 @@ class AdaptedModel(nn.Module):
         names = kwargs.pop("adapter_names", None)
         if names is None:
             return generate(*args, **kwargs)
-        with self._mixed_batch(names, args, kwargs):
+        with self._route(names, args, kwargs):
             return generate(*args, **kwargs)
 
-    @contextlib.contextmanager
-    def _mixed_batch(
+    def _route(
         self, names: Sequence[str], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Iterator[None]:
-        """Every adapted layer runs row ``b`` through adapter ``names[b]`` inside."""
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-            raise AdapterStateError(
-                f"adapter_names must be a list of adapter names, one per row, got {names!r}"
-            )
-        known = self.adapter_names
-        unknown = sorted({n for n in names if n != BASE_ADAPTER and n not in known})
-        if unknown:
-            raise AdapterStateError(
-                f"adapter_names names {unknown}, which this model does not hold; it holds "
-                f"{known} (and {BASE_ADAPTER!r} gives the base model)"
-            )
-        layers = list(self.adapter_layers.values())
-        if any(layer.merged for layer in layers):
-            raise AdapterStateError(
-                "a merged model cannot serve a mixed batch (its weights hold one adapter); "
-                "call unmerge() first"
-            )
+    ) -> contextlib.AbstractContextManager[None]:
+        """Every adapted layer runs row ``b`` through adapter ``names[b]`` (this call only)."""
         first = next(iter(args), kwargs.get("input_ids", kwargs.get("inputs_embeds")))
-        if isinstance(first, torch.Tensor) and first.ndim >= 1 and first.shape[0] != len(names):
-            raise ShapeError(
-                f"adapter_names gives {len(names)} names for a batch of {first.shape[0]} rows; "
-                "give one name per row"
-            )
-        batch = RowAdapters.from_names(list(names))
-        for layer in layers:
-            layer.row_adapters = batch
-        try:
-            yield
-        finally:
-            for layer in layers:
-                layer.row_adapters = None
+        return route(names, list(self.adapter_layers.values()), self._configs, first, self._rows)
 
     # -- many adapters (PEFT's names) ------------------------------------------------------
     @property
@@ -465,7 +243,7 @@ class AdaptedModel(nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        """The names of the adapters held, in the order they were added."""
+        """The adapters held as modules, in the order added (rows: :attr:`adapter_rows`)."""
         return list(self._configs)
 
     @property
@@ -486,6 +264,7 @@ class AdaptedModel(nn.Module):
         >>> model.set_adapter("bob"); model.active_adapter
         'bob'
         """
+        self._unpack_row(adapter_name)  # a row adapter becomes a module first
         self._require(adapter_name)
         if any(layer.merged for layer in self.adapter_layers.values()):
             raise AdapterStateError("the model is merged; unmerge() before switching adapters")
@@ -498,28 +277,6 @@ class AdaptedModel(nn.Module):
             raise AdapterStateError(
                 f"this model holds no adapter named {adapter_name!r}; it holds {self.adapter_names}"
             )
-
-    def _targets_to_add(
-        self, config: AdapterConfig, targets: Sequence[str] | None
-    ) -> list[tuple[str, nn.Module]]:
-        """``(name, module)`` to adapt: adapted layers (joined) or plain Linear ones (wrapped)."""
-        if targets is not None:
-            found = []
-            for name in targets:
-                try:
-                    found.append((name, self.base_model.get_submodule(name)))
-                except AttributeError:
-                    raise TargetError(f"the model has no module named '{name}'") from None
-            return found
-        found = []
-        for name, module in _modules_outside_adapters(self.base_model):
-            if _matches(name, config.target_modules):
-                if not isinstance(module, AdapterLinear) and not _is_linear(module):
-                    linear_shape(module, name)  # raises TargetError naming the module
-                found.append((name, module))
-        if not found:
-            find_targets(self.base_model, config.target_modules)  # raises TargetError
-        return found
 
     def add_adapter(
         self,
@@ -547,50 +304,32 @@ class AdaptedModel(nn.Module):
         >>> a.data_ptr() == b.data_ptr()   # the frozen core G: one storage for both
         True
         """
-        _check_adapter_name(adapter_name)
-        if adapter_name in self._configs:
+        check_adapter_name(adapter_name)
+        if adapter_name in self._configs or adapter_name in self._rows:
             raise AdapterStateError(
                 f"this model already holds an adapter named {adapter_name!r}; "
                 "delete_adapter() it first or choose another name"
             )
-        cls = _adapter_class(config)
-        found = self._targets_to_add(config, targets)
-        shared = self.shared_factors
-        built: list[str] = []
+        registry.adapter_class(config)  # refuses a config that is not an adapter's
+        found = targets_to_add(self.base_model, config, targets)
+        self._configs[adapter_name] = config
         try:
-            for name, module in found:
-                layer = module if isinstance(module, AdapterLinear) else None
-                in_f, out_f = linear_shape(layer.base_layer if layer else module, name)
-                device = module_weight(layer.base_layer if layer else module).device
-                adapter = cls(config, in_f, out_f, shared, name, device=device)
-                if layer is None:
-                    module.requires_grad_(False)
-                    layer = AdapterLinear(
-                        module,
-                        adapter,
-                        dropout=config.dropout,
-                        shared=shared,
-                        adapter_name=adapter_name,
-                    )
-                    layer.active_adapter = self._active
-                    _set_submodule(self.base_model, name, layer)
-                    self._layer_names.append(name)
-                else:
-                    layer.add_adapter(adapter_name, adapter, config.dropout)
-                built.append(name)
+            shared = self.shared_factors
+            wrapped = attach(self.base_model, found, config, shared, adapter_name, self._active)
         except Exception:
-            self._configs[adapter_name] = config
             self.delete_adapter(adapter_name)
             raise
-        self._configs[adapter_name] = config
+        self._layer_names.extend(wrapped)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter from every layer (PEFT's name).
 
         Layers left without any adapter are unwrapped (the plain base layer again). Deleting
         the active adapter makes the first remaining one active; the last one cannot be
-        deleted (:meth:`unload` removes everything).
+        deleted (:meth:`unload` removes everything). A row adapter's row is dropped.
         """
+        if self._drop_row(adapter_name):
+            return
         self._require(adapter_name)
         remaining = [n for n in self._configs if n != adapter_name]
         if not remaining:
@@ -600,8 +339,8 @@ class AdaptedModel(nn.Module):
         for name, layer in list(self.adapter_layers.items()):
             if adapter_name in layer.adapters:
                 layer.delete_adapter(adapter_name)
-            if not layer.adapters:
-                _set_submodule(self.base_model, name, layer.base_layer)
+            if not layer.adapters and not layer.row_slots:
+                set_submodule(self.base_model, name, layer.base_layer)
                 self._layer_names.remove(name)
         del self._configs[adapter_name]
         if self._active == adapter_name:
@@ -609,8 +348,9 @@ class AdaptedModel(nn.Module):
 
     def adapter_bytes(self, adapter_name: str | None = None) -> int:
         """Bytes of one adapter's own (trainable) tensors: what each extra adapter costs."""
-        return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(adapter_name))
+        return self._own_bytes(adapter_name)  # a module's parameters, or a row
 
+    @io.names_the_folder  # every error of a load names the folder
     def load_adapter(
         self, directory: str | FsPath, adapter_name: str, is_trainable: bool = False
     ) -> None:
@@ -635,18 +375,19 @@ class AdaptedModel(nn.Module):
         >>> model.adapter_names
         ['default', 'alice']
         """
-        directory = FsPath(directory)
-        meta, tensors = _read_adapter(directory, self.base_model)
-        config = config_from_dict(meta["config"])
-        targets = _check_targets(self.base_model, meta, directory)
-        self.add_adapter(adapter_name, config, targets=list(targets))
-        try:
-            self._restore(meta, tensors, directory, adapter_name)
-        except Exception:
-            self.delete_adapter(adapter_name)
-            raise
-        for _, p in self.adapter_parameters(adapter_name):
-            p.requires_grad_(is_trainable)
+
+        def add(config: AdapterConfig, layers: list[str]) -> AdaptedModel:
+            self.add_adapter(adapter_name, config, targets=layers)
+            return self
+
+        saving.attach_saved(
+            self.base_model,
+            directory,
+            add,
+            lambda model: model.delete_adapter(adapter_name),
+            adapter_name,
+            is_trainable,
+        )
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -693,14 +434,8 @@ class AdaptedModel(nn.Module):
             for name, lay in self.adapter_layers.items()
             if active in lay.adapters
         }
-        adapter = sum(t for _, _, t in layers.values())
-        saved = sum(
-            p.numel()
-            for n in self.modules_to_save
-            for p in self.base_model.get_submodule(n).parameters()
-        )
-        total = sum(quantized.numel(p) for p in self.base_parameters())  # hook: 4-bit
-        return ParameterReport(adapter, saved, total, layers)
+        saved = [self.base_model.get_submodule(n) for n in self.modules_to_save]
+        return ParameterReport.of(layers, saved, self.base_parameters())
 
     def base_parameters(self) -> Iterator[nn.Parameter]:
         """The base model's parameters (every adapter's own tensors left out)."""
@@ -742,20 +477,12 @@ class AdaptedModel(nn.Module):
                 layer.unmerge()
 
     def _replace_layers(self, merge: bool, dequantize: bool = False) -> nn.Module:
-        with quantized.merge_report():
+        with quantized.merge_report():  # one warning for all requantized layers
             for name, layer in self.adapter_layers.items():
-                if layer.quantization is not None:  # quantized-base hook
-                    _set_submodule(
-                        self.base_model, name, quantized.unwrap(layer, merge, dequantize)
-                    )
-                    continue
-                if merge and not layer.merged and layer.active_adapter in layer.adapters:
-                    layer.merge(keep_original=False)
-                if not merge and layer.merged:
-                    layer.unmerge()
-                _set_submodule(self.base_model, name, layer.base_layer)
+                set_submodule(self.base_model, name, layer.unwrap(merge, dequantize))
         self._layer_names = []
-        if dequantize:  # quantized-base hook: the rest of the model in full precision too
+        self._rows.clear()
+        if dequantize:  # the rest of a quantized model in full precision too
             quantized.dequantize_model(self.base_model)
         return self.base_model
 
@@ -867,54 +594,6 @@ class AdaptedModel(nn.Module):
             )
 
     # -- saving and loading -------------------------------------------------------------------
-    def _factor_keys(self, adapter_name: str) -> list[str]:
-        """The frozen factors an adapter uses, in the model's creation order."""
-        used: set[str] = set()
-        for layer in self.adapter_layers.values():
-            if adapter_name in layer.adapters:
-                adapter: Adapter = layer.adapters[adapter_name]  # type: ignore[assignment]
-                used.update(adapter._factor_keys)
-        return [k for k in self.shared_factors.keys() if k in used]  # noqa: SIM118
-
-    def _adapter_state(
-        self, include_factors: bool, adapter_name: str | None = None
-    ) -> dict[str, torch.Tensor]:
-        name = self._active if adapter_name is None else adapter_name
-        tensors = {key: p.detach() for key, p in self.adapter_parameters(name)}
-        for mname in self.modules_to_save:
-            for pname, p in self.base_model.get_submodule(mname).named_parameters():
-                tensors[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p.detach()
-        if include_factors:
-            shared = self.shared_factors
-            for i, key in enumerate(self._factor_keys(name)):
-                tensors[f"{io.FACTOR_PREFIX}{i}"] = shared.get(key).detach()
-        return {k: v.to("cpu").contiguous() for k, v in tensors.items()}
-
-    def _adapter_meta(
-        self, include_factors: bool, adapter_name: str | None = None
-    ) -> dict[str, Any]:
-        from tera import __version__
-
-        name = self._active if adapter_name is None else adapter_name
-        config = self._configs[name]
-        keys = self._factor_keys(name)
-        return {
-            "library": "tera",
-            "library_version": __version__,
-            "kind": config.kind,
-            "config": config.to_dict(),
-            "seed": config.seed,
-            "targets": {
-                lname: {"in_features": layer.in_features, "out_features": layer.out_features}
-                for lname, layer in self.adapter_layers.items()
-                if name in layer.adapters
-            },
-            "modules_to_save": list(self.modules_to_save),
-            "factor_keys": keys,
-            "factor_fingerprint": self.shared_factors.fingerprint(keys),
-            "includes_factors": include_factors,
-        }
-
     def save_pretrained(
         self,
         directory: str | FsPath,
@@ -955,26 +634,16 @@ class AdaptedModel(nn.Module):
         ...     sorted(os.listdir(d))
         ['adapter_config.json', 'adapter_model.safetensors']
         """
-        if format not in ("tera", "peft"):  # PEFT interop (peft_format): the format switch
-            raise FormatError(f"format must be 'tera' or 'peft', got {format!r}")
         if not is_main_process:
             return
         names = self.adapter_names if selected_adapters is None else list(selected_adapters)
+        names = self._save_rows(directory, names, format)  # row adapters: by their bank
         for name in names:
             self._require(name)
-        for name in names:
-            target = FsPath(directory) if name == "default" else FsPath(directory) / name
-            if format == "peft":
-                meta, state = self._adapter_meta(True, name), self._adapter_state(True, name)
-                peft_format.write_peft(target, meta, state)
-                continue
-            # factors replaced since they were generated (a PEFT VeRA's projections) cannot
-            # be regenerated from the seed: they are always saved
-            keep = include_factors or self.shared_factors.replaced(self._factor_keys(name))
-            meta = self._adapter_meta(keep, name)
-            io.write_adapter(target, meta, self._adapter_state(keep, name))
+        saving.save(self, directory, names, include_factors, format)
 
     @classmethod
+    @io.names_the_folder  # every error of a load names the folder
     def from_pretrained(
         cls,
         model: nn.Module,
@@ -1026,35 +695,33 @@ class AdaptedModel(nn.Module):
         >>> torch.equal(loaded(x), y)
         True
         """
-        directory = FsPath(directory)
-        meta, tensors = _read_adapter(directory, model)
-        config = config_from_dict(meta["config"])
-        targets = _check_targets(model, meta, directory)
-        adapted = adapt(model, config, targets=list(targets), adapter_name=adapter_name)
-        try:
-            adapted._restore(meta, tensors, directory, adapter_name)
-        except Exception:
-            adapted.unload()
-            raise
-        for _, p in adapted.adapter_parameters():
-            p.requires_grad_(is_trainable)
+        adapted = saving.attach_saved(
+            model,
+            directory,
+            lambda config, layers: adapt(model, config, targets=layers, adapter_name=adapter_name),
+            lambda adapted: adapted.unload(),
+            adapter_name,
+            is_trainable,
+        )
         if not is_trainable:  # loaded for inference, as PEFT: dropout off
             adapted.eval()
         return adapted
 
-    def load_adapter_weights(self, directory: str | FsPath) -> None:
-        """Load the tensors of an adapter saved from this same configuration (resume training).
+    @io.names_the_folder  # every error of a load names the folder
+    def load_adapter_weights(
+        self, directory: str | FsPath, adapter_names: Sequence[str] | None = None
+    ) -> None:
+        """Load the tensors of the adapters saved from this same model (resume training).
 
-        The inverse of :meth:`save_pretrained` for resuming training (what Hugging Face
-        ``Trainer`` does with ``resume_from_checkpoint``): nothing is re-attached, the
-        adapter's parameters (and ``modules_to_save``) are overwritten in place and keep
-        their ``requires_grad``, so an optimizer holding them stays valid.
+        What ``Trainer``'s ``resume_from_checkpoint`` needs: every adapter (or those in
+        ``adapter_names``) is read from where :meth:`save_pretrained` writes it, whichever
+        is active, and overwritten in place (``requires_grad`` kept: an optimizer holding
+        the parameters stays valid). All load, or none (a failure puts everything back).
 
         Raises
         ------
         LoadError
-            Missing or corrupted files, or an adapter saved with another configuration or
-            on other layers.
+            A missing folder or file, corrupted files, another configuration or layers.
         FingerprintError
             The frozen factors differ from those the adapter was trained with.
 
@@ -1072,154 +739,10 @@ class AdaptedModel(nn.Module):
         >>> model.base_model[0].adapter.d[0].tolist()
         [1.0, 1.0, 1.0, 1.0]
         """
-        directory = FsPath(directory)
-        meta = io.read_meta(directory)
-        config = config_from_dict(meta["config"])
-        if config != self.adapter_config:
-            raise LoadError(
-                f"the adapter in {directory} was saved with {config!r}, but this model carries "
-                f"{self.adapter_config!r}; load it with from_pretrained() into a fresh base "
-                "model"
-            )
-        active = self._active
-        saved = list(meta["targets"])
-        here = [n for n, lay in self.adapter_layers.items() if active in lay.adapters]
-        if sorted(saved) != sorted(here):
-            raise LoadError(
-                f"the adapter in {directory} adapts {saved[:4]}... but this model adapts "
-                f"{here[:4]}...; load it with from_pretrained() into a fresh base model"
-            )
-        self._restore(meta, io.read_tensors(directory), directory, active)
-
-    def _restore(
-        self,
-        meta: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
-        directory: FsPath,
-        adapter_name: str,
-    ) -> None:
-        shared = self.shared_factors
-        keys = self._factor_keys(adapter_name)
-        if meta.get("includes_factors"):
-            others = {k for n in self._configs if n != adapter_name for k in self._factor_keys(n)}
-            for i, key in enumerate(meta["factor_keys"]):
-                name = f"{io.FACTOR_PREFIX}{i}"
-                if name not in tensors or key not in keys:
-                    raise LoadError(
-                        f"{directory / io.WEIGHTS_NAME} lacks the factor '{key}' it should include"
-                    )
-                value = tensors.pop(name)
-                if key in others:
-                    if fingerprint([(key, value)]) != shared._fingerprints[key]:
-                        raise LoadError(
-                            f"the adapter in {directory} comes with frozen factors '{key}' that "
-                            "differ from those the model's other adapters use under that key; "
-                            "loading it would change them: load it into a model of its own"
-                        )
-                    continue
-                shared.set(key, value)
-        if sorted(keys) != sorted(meta["factor_keys"]):
-            raise FingerprintError(
-                f"this tera builds factors {keys} for the adapter but it was saved with "
-                f"{meta['factor_keys']}; the factor scheme changed between versions"
-            )
-        found = shared.fingerprint(keys)
-        if found != meta["factor_fingerprint"]:
-            where = (
-                "the factors stored in the file"
-                if meta.get("includes_factors")
-                else (f"the factors regenerated from seed {meta['seed']}")
-            )
-            raise FingerprintError(
-                f"{where} do not match the fingerprint saved with the adapter "
-                f"({found[:12]}... vs {meta['factor_fingerprint'][:12]}...): loading would give "
-                "a different model. Re-save the adapter with include_factors=True where it "
-                "was trained."
-            )
-        expected = {name: p for name, p in self.adapter_parameters(adapter_name)}
-        for mname in meta.get("modules_to_save", []):
-            for pname, p in self.base_model.get_submodule(mname).named_parameters():
-                expected[f"{io.SAVE_PREFIX}{mname}.{pname}"] = p
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise LoadError(
-                f"{directory / io.WEIGHTS_NAME} does not fit the adapter: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        with torch.no_grad():
-            for name, p in expected.items():
-                value = tensors[name]
-                if tuple(value.shape) != tuple(p.shape):
-                    raise LoadError(
-                        f"tensor '{name}' has shape {tuple(value.shape)} in the file but "
-                        f"{tuple(p.shape)} here"
-                    )
-                p.copy_(value.to(p.device, p.dtype))
-        self.modules_to_save = list(meta.get("modules_to_save", []))
-
-
-def _read_adapter(
-    directory: FsPath, model: nn.Module
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The meta and tensors of an adapter folder, tera's format or PEFT's (``peft_format``)."""
-    if peft_format.is_peft_folder(directory):  # PEFT interop: read as tera's meta and tensors
-        return peft_format.read_peft(directory, _plain_view(model))
-    return io.read_meta(directory), io.read_tensors(directory)
-
-
-def _plain_view(model: nn.Module) -> nn.Module:
-    """``model`` as PEFT saw it: adapted layers answer as their base layers (no copy)."""
-    if not any(isinstance(m, AdapterLinear) for m in model.modules()):
-        return model
-    return cast(nn.Module, _ModuleView(model))
-
-
-class _ModuleView:
-    """A read-only view of a model's module names where adapted layers are base layers."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model
-
-    def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
-        skip: list[str] = []
-        for name, module in self._model.named_modules():
-            if any(name.startswith(s + ".") for s in skip):
-                continue
-            if isinstance(module, AdapterLinear):
-                skip.append(name)
-                yield name, module.base_layer
-            else:
-                yield name, module
-
-    def get_submodule(self, target: str) -> nn.Module:
-        module = self._model.get_submodule(target)
-        return module.base_layer if isinstance(module, AdapterLinear) else module
-
-
-def _check_targets(
-    model: nn.Module, meta: dict[str, Any], directory: FsPath
-) -> dict[str, dict[str, int]]:
-    """The saved adapter's layers, each checked against ``model`` (name and shape)."""
-    targets: dict[str, dict[str, int]] = meta["targets"]
-    for name, shape in targets.items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise LoadError(
-                f"the adapter in {directory} adapts '{name}', which this model does not "
-                "have; load it into the architecture it was trained on"
-            ) from None
-        if isinstance(module, AdapterLinear):
-            in_f, out_f = module.in_features, module.out_features
-        else:
-            in_f, out_f = linear_shape(module, name)
-        if (in_f, out_f) != (shape["in_features"], shape["out_features"]):
-            raise LoadError(
-                f"layer '{name}' is {in_f} -> {out_f} in this model but "
-                f"{shape['in_features']} -> {shape['out_features']} in the saved adapter"
-            )
-    return targets
+        names = self.adapter_names if adapter_names is None else list(adapter_names)
+        for name in names:
+            self._require(name)
+        saving.load_weights(self, directory, names)
 
 
 def save_adapter(
@@ -1231,12 +754,10 @@ def save_adapter(
     --------
     >>> import tempfile, os
     >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, save_adapter
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
+    >>> from tera.adapters import LoRAConfig, adapt, save_adapter
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     save_adapter(model, d)
-    ...     sorted(os.listdir(d))
+    ...     save_adapter(model, d); sorted(os.listdir(d))
     ['adapter_config.json', 'adapter_model.safetensors']
     """
     model.save_pretrained(directory, include_factors=include_factors)
@@ -1251,33 +772,29 @@ def load_adapter(
 
     Examples
     --------
-    >>> import tempfile, torch
+    >>> import tempfile
     >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, from_pretrained
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
+    >>> from tera.adapters import LoRAConfig, adapt, from_pretrained
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     type(from_pretrained(model.unload(), d)).__name__
+    ...     model.save_pretrained(d); type(from_pretrained(model.unload(), d)).__name__
     'AdaptedModel'
     """
     return AdaptedModel.from_pretrained(model, directory, is_trainable)
 
 
-def load_adapter_weights(model: AdaptedModel, directory: str | FsPath) -> None:
-    """Load saved tensors into a model that carries the same adapter (resume training).
-
-    The same as :meth:`AdaptedModel.load_adapter_weights`.
+def load_adapter_weights(
+    model: AdaptedModel, directory: str | FsPath, adapter_names: Sequence[str] | None = None
+) -> None:
+    """Resume training: :meth:`AdaptedModel.load_adapter_weights`.
 
     Examples
     --------
     >>> import tempfile
     >>> from torch import nn
-    >>> from tera.adapters import TeRAConfig, adapt, load_adapter_weights
-    >>> model = adapt(nn.Sequential(nn.Linear(16, 16)), TeRAConfig(in_mode=4, out_mode=4,
-    ...                                                             target_modules=["0"]))
+    >>> from tera.adapters import LoRAConfig, adapt, load_adapter_weights
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 8)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d)
-    ...     load_adapter_weights(model, d)
+    ...     model.save_pretrained(d); load_adapter_weights(model, d)
     """
-    model.load_adapter_weights(directory)
+    model.load_adapter_weights(directory, adapter_names)

@@ -45,10 +45,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tera.adapters import io
-from tera.adapters.config import config_from_dict
+from tera.adapters import atomic, io
 from tera.adapters.factors import SharedFactors
 from tera.adapters.layer import linear_shape
+from tera.adapters.registry import config_from_dict
 from tera.adapters.vera import projection_keys
 from tera.errors import FormatError, LoadError, TeraError
 
@@ -150,9 +150,9 @@ def is_peft_folder(directory: str | Path) -> bool:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    try:  # through a killed save's journal (tera.adapters.atomic)
+        data = json.loads(atomic.resolve(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, LoadError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -488,6 +488,27 @@ def write_peft(
 ) -> None:
     """Write tera's meta and tensors as a PEFT folder (atomically, like tera's own format).
 
+    :func:`peft_folder`'s files, written with :func:`tera.adapters.io.write_folders`.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> from torch import nn
+    >>> from tera.adapters import LoRAConfig, adapt
+    >>> from tera.adapters.peft_format import write_peft
+    >>> model = adapt(nn.Sequential(nn.Linear(8, 4)), LoRAConfig(r=2, target_modules=["0"]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_peft(d, model._adapter_meta(True), model._adapter_state(True))
+    ...     json.loads((Path(d) / "adapter_config.json").read_text())["peft_type"]
+    'LORA'
+    """
+    io.write_folders(directory, {"": peft_folder(meta, tensors)})
+
+
+def peft_folder(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> io.Folder:
+    """The files of the PEFT folder for tera's meta and tensors (see :func:`write_peft`).
+
     The inverse of :func:`read_peft`: ``meta`` and ``tensors`` as
     ``AdaptedModel._adapter_meta(include_factors=True)`` and ``_adapter_state(True)`` give
     them (what ``save_pretrained(directory, format="peft")`` passes). The folder loads with
@@ -508,7 +529,7 @@ def write_peft(
     >>> from tera.adapters import HiRAConfig, adapt
     >>> model = adapt(nn.Sequential(nn.Linear(8, 4)), HiRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     model.save_pretrained(d, format="peft")  # calls write_peft
+    ...     model.save_pretrained(d, format="peft")  # calls peft_folder
     ...     json.loads((Path(d) / "adapter_config.json").read_text())["peft_type"]
     'HIRA'
     """
@@ -584,7 +605,7 @@ def write_peft(
     else:
         peft = {**common, "init_weights": True, "rank_pattern": {}}
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    io.write_config_and_weights(directory, peft, state, {"format": "pt"})
+    return io.Folder(peft, state, {"format": "pt"}, stamp=False)
 
 
 def _vera_projections(

@@ -185,7 +185,7 @@ def cuda_tf32(enabled: bool) -> Iterator[None]:
     ``allow_tf32`` on torch < 2.9) and restores it on exit. TF32 keeps float32's range with
     a 10-bit mantissa, enough for a ``dW`` that is rounded to bfloat16 (8 bits) or float16
     (10 bits) before use; the backward of TeRA's kernel
-    (:func:`tera.adapters.tera_kernel.scaled_tucker_matrix`) runs with the setting that was
+    (:func:`tera.adapters.tera_kernel.lean_tucker_matrix`) runs with the setting that was
     in force at its forward.
 
     Examples

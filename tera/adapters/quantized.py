@@ -2,8 +2,8 @@
 
 A quantized target keeps its own forward (its kernels, its storage); the adapter adds its
 output on top and is never fused into the quantized weight. Everything specific to
-quantization lives here; :class:`~tera.adapters.layer.AdapterLinear` and the factory call in
-through a few delimited hooks.
+quantization lives here, as functions on modules and tensors: the adapted layer
+(:class:`~tera.adapters.layer.AdapterLinear`) calls them and keeps its own state.
 
 Supported targets
 -----------------
@@ -56,15 +56,12 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from tera.errors import AdapterStateError, DependencyError, MergeError, ShapeError, TargetError
-
-if TYPE_CHECKING:
-    from tera.adapters.layer import AdapterLinear
 
 __all__ = [
     "QuantizedBase",
@@ -72,6 +69,7 @@ __all__ = [
     "dequantize_model",
     "dequantize_weight",
     "is_quantized",
+    "keep_input_gradient",
     "quantization_of",
     "quantize_model",
     "weight_bytes",
@@ -178,7 +176,7 @@ def is_quantized(module: nn.Module) -> bool:
     return quantization_of(module) is not None
 
 
-# -- hooks called by AdapterLinear -------------------------------------------------------------
+# -- checking a target ------------------------------------------------------------------------
 def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
     """Check a target; ``None`` for an ordinary layer, else how it is quantized.
 
@@ -204,6 +202,9 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
                 f"(bitsandbytes quantizes on the first .to(device)); call model.to(device) "
                 "before adapt(), or load the model with a BitsAndBytesConfig"
             )
+        if not getattr(module, _KEEPS_GRADIENT, False):  # once per layer, kept on unload
+            module.register_forward_pre_hook(_keep_input_gradient_hook)
+            setattr(module, _KEEPS_GRADIENT, True)
     elif info.backend == "bnb8":
         if layer.state.has_fp16_weights:
             raise TargetError(
@@ -226,19 +227,50 @@ def prepare_target(module: nn.Module, name: str = "?") -> QuantizedBase | None:
     return info
 
 
-def forward_weight(layer: AdapterLinear, x: torch.Tensor) -> torch.Tensor:
-    """The ``out x in`` weight the forward hands to the adapter's network and policy.
+_KEEPS_GRADIENT = "_tera_keeps_input_gradient"
 
-    HiRA gets the dequantized ``W0`` (once per call, see the module's dtype policy); the
-    other adapters never read the values, so they get a zero-stride stand-in of the
-    activations' dtype and device (no memory, no dequantization).
+
+def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> bool:
+    """Undo bitsandbytes' CPU repack of a 4-bit weight before a training forward.
+
+    bitsandbytes (>= 0.49, CPUs with AVX512-BF16) rewrites a ``Linear4bit``'s weight for a
+    bf16 inference kernel the first time the layer runs in eval mode without gradients,
+    and keeps it so, in training too; that kernel has no backward (and rounds the
+    activations to bf16), so every later forward returns an output with no gradient
+    towards its input. Adapters before the layer then get no gradient, or a wrong one,
+    silently: training stops after the first evaluation pass. Called before the layer's
+    forward (a hook :func:`prepare_target` installs), this puts the weight back into the
+    canonical layout, losslessly (:func:`dequantize_weight` is unchanged), when the layer
+    is in training mode or the forward records a gradient towards ``x``; bitsandbytes
+    repacks it again at the next inference pass. Returns whether it unpacked.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from tera.adapters import quantize_model
+    >>> from tera.adapters.quantized import keep_input_gradient
+    >>> layer = quantize_model(nn.Sequential(nn.Linear(64, 64)), "4bit")[0]
+    >>> keep_input_gradient(layer, torch.randn(2, 64))  # not repacked: nothing to do
+    False
     """
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    if layer.adapter.uses_base_weight:
-        return dequantize_weight(layer.base_layer).to(dtype)
-    return torch.zeros((), dtype=dtype, device=x.device).expand(
-        layer.out_features, layer.in_features
-    )
+    weight: Any = getattr(module, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if not getattr(state, "packing_format_for_cpu", False):
+        return False
+    if not (module.training or (torch.is_grad_enabled() and x.requires_grad)):
+        return False
+    functional = _require("bitsandbytes", "a 4-bit base").functional
+    data, state = _unpacked_4bit(functional, weight.data, state)
+    weight.data, weight.quant_state = data, state
+    if getattr(module, "quant_state", None) is not None:
+        module.quant_state = state
+    return True
+
+
+def _keep_input_gradient_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+    if args and isinstance(args[0], torch.Tensor):
+        keep_input_gradient(module, args[0])
 
 
 # -- dequantize / requantize -------------------------------------------------------------------
@@ -411,55 +443,59 @@ def merge_report() -> Iterator[None]:
             warnings.warn(_merge_message(errors, what), QuantizedMergeWarning, stacklevel=4)
 
 
-def _merged_weight(layer: AdapterLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W0 + dW, dW)`` in float32 from the dequantized base, checked finite."""
-    w0 = dequantize_weight(layer.base_layer, torch.float32)
-    dw = layer.delta_weight().to(w0.device, torch.float32)
-    merged = w0 + dw
+def merged_weight(module: nn.Module, dw: torch.Tensor) -> torch.Tensor:
+    """``W0 + dW`` in float32 from the dequantized base ``module``, checked finite.
+
+    Raises
+    ------
+    MergeError
+        If the sum holds NaN/inf (nothing is changed).
+    """
+    w0 = dequantize_weight(module, torch.float32)
+    merged = w0 + dw.to(w0.device, torch.float32)
     if not torch.isfinite(merged).all():
         raise MergeError(
             "merging would write NaN/inf into the quantized base weight (dW holds non-finite "
             "values; check the adapter's parameters); the base weight was not changed"
         )
-    return merged, dw
+    return merged
 
 
 @torch.no_grad()
-def merge(layer: AdapterLinear, keep_original: bool | None) -> None:
-    """Hook of :meth:`AdapterLinear.merge <tera.adapters.AdapterLinear.merge>`: requantize.
+def requantized(
+    module: nn.Module, info: QuantizedBase, merged: torch.Tensor, dw: torch.Tensor
+) -> nn.Module:
+    """A new quantized module holding ``merged`` (``W0 + dW``), with its error reported.
 
-    Dequantizes the base weight, adds ``dW``, requantizes and warns with the error.
-
-    ``keep_original`` defaults to True here (the original is the small quantized layer), so
-    :func:`unmerge` restores it exactly; with False, unmerge is refused.
+    The error of the requantization (max and rms against ``merged``) is warned as a
+    :class:`QuantizedMergeWarning`, once per :func:`merge_report` block. ``module`` is not
+    changed.
     """
-    info = layer.quantization
-    assert info is not None
-    merged, dw = _merged_weight(layer)
-    new = _requantized(layer.base_layer, info, merged)
+    new = _requantized(module, info, merged)
     err = dequantize_weight(new, torch.float32) - merged
     record = _MergeError(
-        float(err.abs().max()), float(err.square().sum()), err.numel(), float(dw.square().sum())
+        float(err.abs().max()),
+        float(err.square().sum()),
+        err.numel(),
+        float(dw.to(torch.float32).square().sum()),
     )
-    info.original = layer.base_layer if keep_original is None or keep_original else None
-    layer.base_layer = new
-    info.requantized = True
-    layer.merged = True
     if _REPORT:
         _REPORT[-1].append(record)
     else:
         what = f"the {info.description} weight of this layer"
         warnings.warn(_merge_message([record], what), QuantizedMergeWarning, stacklevel=4)
+    return new
 
 
-def unmerge(layer: AdapterLinear) -> None:
-    """Hook of :meth:`AdapterLinear.unmerge <tera.adapters.AdapterLinear.unmerge>`: restore.
+def restore_original(info: QuantizedBase) -> nn.Module:
+    """The quantized base kept before a merge (forgotten by ``info``), or a refusal.
 
-    Puts back the original kept by :func:`merge`, or refuses (a requantized weight cannot
-    give back its original).
+    Raises
+    ------
+    AdapterStateError
+        If the merge kept no original (``keep_original=False``): a requantized weight
+        cannot give back its original.
     """
-    info = layer.quantization
-    assert info is not None
     if info.original is None:
         raise AdapterStateError(
             f"this layer's {info.description} weight was merged with keep_original=False and "
@@ -467,40 +503,23 @@ def unmerge(layer: AdapterLinear) -> None:
             "restore it; merge with keep_original=True (the default) to unmerge later, or "
             "reload the base model"
         )
-    layer.base_layer = info.original
+    original = info.original
     info.original = None
     info.requantized = False
-    layer.merged = False
+    return original
 
 
-def _float_linear(module: Any, weight: torch.Tensor, dtype: torch.dtype) -> nn.Linear:
-    bias = getattr(module, "bias", None)
+def float_linear(module: nn.Module, weight: torch.Tensor, dtype: torch.dtype) -> nn.Linear:
+    """An ``nn.Linear`` of ``module``'s shape and bias holding ``weight`` in ``dtype``."""
+    layer: Any = module
+    bias = getattr(layer, "bias", None)
     out = nn.Linear(
-        module.in_features, module.out_features, bias=bias is not None, device="meta", dtype=dtype
+        layer.in_features, layer.out_features, bias=bias is not None, device="meta", dtype=dtype
     )
     out.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
     if bias is not None:
         out.bias = nn.Parameter(bias.detach().to(weight.device, dtype), requires_grad=False)
     return out
-
-
-@torch.no_grad()
-def unwrap(layer: AdapterLinear, merge_adapter: bool, dequantize: bool) -> nn.Module:
-    """Hook of ``merge_and_unload``/``unload``: the module that replaces the adapted layer.
-
-    ``dequantize=True`` with a merge gives an ``nn.Linear`` holding ``W0 + dW`` in float32
-    (no requantization, no warning); without, a requantized merge (:func:`merge`, warned).
-    """
-    if merge_adapter and dequantize:
-        if layer.merged:
-            unmerge(layer)
-        merged, _ = _merged_weight(layer)
-        return _float_linear(layer.base_layer, merged, torch.float32)
-    if merge_adapter and not layer.merged:
-        merge(layer, keep_original=False)
-    if not merge_adapter and layer.merged:
-        unmerge(layer)
-    return layer.base_layer
 
 
 # -- whole models ------------------------------------------------------------------------------
@@ -662,7 +681,7 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn
     """
     for name, module in list(model.named_modules()):
         if name and is_quantized(module):
-            _set(model, name, _float_linear(module, dequantize_weight(module, dtype), dtype))
+            _set(model, name, float_linear(module, dequantize_weight(module, dtype), dtype))
     return model
 
 

@@ -19,15 +19,24 @@ True
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from tera.adapters.config import AdapterConfig
 from tera.errors import ConfigError, LoadError
 
 if TYPE_CHECKING:
     from tera.adapters.base import Adapter
-    from tera.adapters.config import AdapterConfig
 
-__all__ = ["adapter_class", "adapter_class_for_kind", "config_class", "kinds", "register"]
+__all__ = [
+    "adapter_class",
+    "adapter_class_for_kind",
+    "config_class",
+    "config_from_dict",
+    "kinds",
+    "register",
+]
 
 _ADAPTERS: dict[str, type[Adapter]] = {}
 
@@ -101,3 +110,39 @@ def config_class(kind: object) -> type[AdapterConfig]:
         For an unknown kind.
     """
     return adapter_class_for_kind(kind).config_class
+
+
+def config_from_dict(data: Mapping[str, Any]) -> AdapterConfig:
+    """Rebuild a config from :meth:`AdapterConfig.to_dict` output.
+
+    Raises
+    ------
+    LoadError
+        For an unknown ``kind`` or unknown fields.
+
+    Examples
+    --------
+    >>> from tera.adapters import LoRAConfig, config_from_dict
+    >>> config_from_dict({"kind": "lora", "r": 4}) == LoRAConfig(r=4)
+    True
+    """
+    if not isinstance(data, Mapping):
+        raise LoadError(
+            f"an adapter config must be a dict such as {{'kind': 'tera', ...}}, "
+            f"got {type(data).__name__}"
+        )
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    cls = config_class(kind)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise LoadError(
+            f"{kind} config has unknown field(s) {unknown}; known fields: {sorted(known)} "
+            "(was it written by a newer tera?)"
+        )
+    for name in ("target_modules", "modules_to_save", "ranks", "in_modes", "out_modes"):
+        value = fields.get(name)
+        if isinstance(value, list):
+            fields[name] = tuple(value)
+    return cls(**fields)

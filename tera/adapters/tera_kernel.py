@@ -49,7 +49,7 @@ from tera.tn.kernels import (
 if TYPE_CHECKING:
     from tera.adapters.engine import Network
 
-__all__ = ["TuckerEvaluator", "scaled_tucker_matrix"]
+__all__ = ["TuckerEvaluator", "lean_tucker_matrix"]
 
 
 def _contract_vectors(h: torch.Tensor, vectors: Sequence[torch.Tensor], left: bool) -> torch.Tensor:
@@ -194,6 +194,20 @@ class _ScaledTucker(torch.autograd.Function):
         ctx.save_for_backward(core, *tensors)
         ctx.k, ctx.transpose = k, transpose
         ctx.precision = precision()  # the backward runs with the same
+        # in the operands' dtype (float32 at least) even under autocast: the engine's policy
+        with torch.autocast(core.device.type, enabled=False):
+            return _ScaledTucker._forward(ctx, core, vectors, factors, k, transpose)
+
+    @staticmethod
+    def _forward(
+        ctx: Any,
+        core: torch.Tensor,
+        vectors: Sequence[torch.Tensor],
+        factors: Sequence[torch.Tensor],
+        k: int,
+        transpose: bool,
+    ) -> torch.Tensor:
+        n = core.ndim
         if transpose:
             order = list(range(k, n)) + list(range(k))
             ctx.permuted_core = _permuted(core, order)
@@ -215,6 +229,7 @@ class _ScaledTucker(torch.autograd.Function):
         core, *tensors = ctx.saved_tensors
         n = core.ndim
         vectors, factors = tensors[:n], tensors[n:]
+        grad = grad.to(core.dtype)  # a consumer under autocast may send a half gradient
         order = list(range(n))
         if ctx.transpose:
             if grad.is_contiguous():  # the tensor with the column modes first
@@ -235,7 +250,7 @@ class _ScaledTucker(torch.autograd.Function):
         return (None, None, None, *grads, *(None,) * n)
 
 
-def scaled_tucker_matrix(
+def lean_tucker_matrix(
     core: Array,
     vectors: Sequence[Array],
     factors: Sequence[Array],
@@ -275,19 +290,19 @@ def scaled_tucker_matrix(
     --------
     >>> import torch
     >>> from tera.tn import tucker_to_matrix
-    >>> from tera.adapters.tera_kernel import scaled_tucker_matrix
+    >>> from tera.adapters.tera_kernel import lean_tucker_matrix
     >>> f64 = {"dtype": torch.float64}
     >>> G = torch.randn(4, 2, 3, **f64)
     >>> A = [torch.randn(4, 4, **f64), torch.randn(2, 2, **f64), torch.randn(3, 3, **f64)]
     >>> d = [torch.rand(4, **f64).requires_grad_(), torch.rand(2, **f64), torch.rand(3, **f64)]
-    >>> M = scaled_tucker_matrix(G, d, A, k=1)
+    >>> M = lean_tucker_matrix(G, d, A, k=1)
     >>> ref = tucker_to_matrix(G, [v[:, None] * a for v, a in zip(d, A)], k=1)
     >>> M.shape, bool(torch.allclose(M, ref))
     (torch.Size([4, 6]), True)
     """
     check_scaled_tucker(core, vectors, factors, k)
     if isinstance(core, np.ndarray):
-        out = scaled_tucker_matrix(
+        out = lean_tucker_matrix(
             torch.from_numpy(core),
             [torch.from_numpy(np.asarray(v)) for v in vectors],
             [torch.from_numpy(np.asarray(a)) for a in factors],
@@ -307,7 +322,7 @@ def _matrix(
     k: int,
     transpose: bool,
 ) -> torch.Tensor:
-    """:func:`scaled_tucker_matrix` of checked torch operands, unscaled."""
+    """:func:`lean_tucker_matrix` of checked torch operands, unscaled."""
     if core.requires_grad or any(a.requires_grad for a in factors):
         rows = math.prod(int(a.shape[1]) for a in factors[:k])
         m = apply_scaled_factors(core, vectors, factors).reshape(rows, -1)
@@ -386,7 +401,8 @@ class TuckerEvaluator:
             self._in_groups,
             lead=rows,
         )
-        h = h.reshape(rows, -1) @ core.reshape(self._core_rows, -1)
+        # explicit sizes: with no rows (an empty batch) a -1 would be ambiguous
+        h = h.reshape(rows, self._core_rows) @ core.reshape(self._core_rows, -1)
         h = apply_mode_groups(h, self.ranks[k:], scaled[k:], self._out_groups, lead=rows)
         return h.reshape(*lead, self._n_out)
 
@@ -440,11 +456,13 @@ class TuckerEvaluator:
             lead=flat,
             merged=_transposed_in_krons(factors[:k], self._in_groups),
         )
-        h = h.reshape(n_rows, tokens, -1) * _row_outer(vectors[:k], rows)[:, None, :]
-        h = h.reshape(flat, -1) @ core.reshape(self._core_rows, -1)
-        h = h.reshape(n_rows, tokens, -1) * _row_outer(vectors[k:], rows)[:, None, :]
+        # explicit sizes: with no rows or no tokens a -1 would be ambiguous
+        core_cols = core.numel() // self._core_rows
+        h = h.reshape(n_rows, tokens, self._core_rows) * _row_outer(vectors[:k], rows)[:, None, :]
+        h = h.reshape(flat, self._core_rows) @ core.reshape(self._core_rows, core_cols)
+        h = h.reshape(n_rows, tokens, core_cols) * _row_outer(vectors[k:], rows)[:, None, :]
         h = apply_mode_groups(
-            h.reshape(flat, -1),
+            h.reshape(flat, core_cols),
             self.ranks[k:],
             factors[k:],
             self._out_groups,

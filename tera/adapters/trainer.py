@@ -15,10 +15,12 @@ Importing this module needs ``transformers``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from transformers import Trainer
+from transformers.utils.generic import can_return_loss, find_labels
 
-from tera.adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from tera.adapters.io import CONFIG_NAME, WEIGHTS_NAME, adapter_folder
 from tera.adapters.model import AdaptedModel
 
 __all__ = ["AdapterTrainer"]
@@ -48,6 +50,15 @@ class AdapterTrainer(Trainer):
     2
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if isinstance(model, AdaptedModel):  # Trainer inspects the class's forward, not ours
+            base = type(model.base_model)
+            if self.args.label_names is None:  # else evaluation computes no loss
+                self.label_names = find_labels(base)  # type: ignore[no-untyped-call]
+            self.can_return_loss = can_return_loss(base)  # type: ignore[no-untyped-call]
+
     def _adapted_model(self) -> AdaptedModel:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if not isinstance(model, AdaptedModel):
@@ -71,13 +82,39 @@ class AdapterTrainer(Trainer):
                 self.processing_class.save_pretrained(directory)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: object = None) -> None:
-        """Load the adapter saved in ``resume_from_checkpoint`` back into the model."""
-        has_adapter = all(
-            os.path.isfile(os.path.join(resume_from_checkpoint, name))
-            for name in (CONFIG_NAME, WEIGHTS_NAME)
-        )
-        if not has_adapter:  # a checkpoint of a plain Trainer (the full state dict)
+        """Load every adapter saved in ``resume_from_checkpoint`` back into the model.
+
+        All adapters of the model, each from where ``save_pretrained`` wrote it
+        (``"default"`` in the checkpoint folder, any other in ``<checkpoint>/<name>``),
+        whichever is active (:meth:`AdaptedModel.load_adapter_weights`).
+        """
+        target = model if isinstance(model, AdaptedModel) else self._adapted_model()
+        if not _holds_adapters(resume_from_checkpoint, target):
+            # a checkpoint of a plain Trainer (the full state dict)
             super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[arg-type]
             return
-        target = model if isinstance(model, AdaptedModel) else self._adapted_model()
         target.load_adapter_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """Load the adapters of the best checkpoint (``load_best_model_at_end=True``).
+
+        ``Trainer``'s own looks for a full ``model.safetensors`` (or PEFT's model) and
+        fails on an adapter checkpoint.
+        """
+        best = self.state.best_model_checkpoint
+        model = self._adapted_model()
+        if best is None or not _holds_adapters(best, model):
+            super()._load_best_model()
+            return
+        model.load_adapter_weights(best)
+
+
+def _holds_adapters(checkpoint: str, model: AdaptedModel) -> bool:
+    """Whether ``checkpoint`` holds an adapter folder of ``model`` (as save_pretrained writes)."""
+    return any(
+        all(
+            os.path.isfile(os.path.join(checkpoint, adapter_folder(name), file))
+            for file in (CONFIG_NAME, WEIGHTS_NAME)
+        )
+        for name in model.adapter_names
+    )

@@ -18,6 +18,7 @@ Examples
 """
 
 from tera.tn.contract import ContractionPlan, clear_plan_cache, contract, plan, plan_cache_info
+from tera.tn.decompositions import hooi, hosvd
 from tera.tn.folding import (
     fold,
     mode_fold,
@@ -29,7 +30,7 @@ from tera.tn.folding import (
 )
 from tera.tn.products import khatri_rao, kron, kron_apply, mode_product, multi_mode_product
 from tera.tn.rank1 import Rank1Approximation, rank1_approx, spectral_norm
-from tera.tn.tucker import Tucker, hooi, hosvd, tucker_to_matrix, tucker_to_tensor
+from tera.tn.tucker import Tucker, tucker_to_matrix, tucker_to_tensor
 
 __all__ = [
     "ContractionPlan",

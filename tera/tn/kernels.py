@@ -228,7 +228,7 @@ def scaled_tucker_matrix(
     numpy.ndarray or torch.Tensor
         The ``prod(I[:k]) x prod(I[k:])`` matrix (or its transpose), under plain autograd
         for torch inputs (which stores its intermediates; the adapters' version,
-        :func:`tera.adapters.tera_kernel.scaled_tucker_matrix`, has a backward that keeps
+        :func:`tera.adapters.tera_kernel.lean_tucker_matrix`, has a backward that keeps
         nothing of the size of the result).
 
     Examples
@@ -353,7 +353,7 @@ def scaled_tucker_push_flops(
 def scaled_tucker_flops(ranks: Sequence[int], modes: Sequence[int], backward: bool = False) -> int:
     """Multiply-add FLOPs (x2) of :func:`scaled_tucker_matrix`'s forward, or of the lean backward.
 
-    The backward counted is that of :func:`tera.adapters.tera_kernel.scaled_tucker_matrix`
+    The backward counted is that of :func:`tera.adapters.tera_kernel.lean_tucker_matrix`
     (one pass back through the factors, then the ``grad d`` reductions).
 
     Examples

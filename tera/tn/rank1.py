@@ -20,8 +20,8 @@ import torch
 from tera.errors import ShapeError
 from tera.tn._backend import Array, check_array, norm
 from tera.tn.contract import contract
+from tera.tn.decompositions import _check_floating, _leading_vectors
 from tera.tn.folding import mode_unfold
-from tera.tn.tucker import _check_floating, _leading_vectors
 
 __all__ = ["Rank1Approximation", "rank1_approx", "spectral_norm"]
 

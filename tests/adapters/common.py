@@ -9,6 +9,8 @@ leaves a margin of ~10x over the worst case we measured and is far below any rea
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,18 +43,27 @@ def bert() -> nn.Module:
     return BertModel(cfg).eval()
 
 
-def llama(vocab_size: int = 100) -> nn.Module:
+def llama(vocab_size: int = 100, hidden_size: int = 32) -> nn.Module:
+    """A tiny Llama (2 layers, seed 0); v_proj is hidden -> hidden/2, like Llama-3's heads."""
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,  # v_proj is 32 -> 16, like Llama-3's grouped heads
+        num_key_value_heads=2,
         max_position_embeddings=32,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def edit_meta(directory: Path, **changes: object) -> None:
+    """Change fields of a saved adapter's ``adapter_config.json`` in place."""
+    path = directory / "adapter_config.json"
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
 
 
 MODELS = {"mlp": mlp, "bert": bert, "llama": llama}

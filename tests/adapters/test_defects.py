@@ -113,11 +113,11 @@ def test_a_save_sweeps_what_killed_saves_left_and_nothing_else(tmp_path):
             [sys.executable, "-c", textwrap.dedent(_KILLED_SAVE), str(tmp_path)], env=env
         )
         assert done.returncode == -signal.SIGKILL
-    stale = [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".bak"))]
-    # each killed save swept the one before it: only the last kill's temporary file is left
-    assert len(stale) == 1 and stale[0].startswith(".adapter_model.safetensors.")
+    stale = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # each killed save swept the one before it: only the last kill's staging folder is left
+    assert len(stale) == 1 and stale[0].startswith(".tera-staging-")
     bak = tmp_path / f".adapter_config.json.{'a' * 32}.bak"
-    bak.write_text("{}")  # a backup left by a kill between the renames
+    bak.write_text("{}")  # a backup an older tera left when killed between its renames
     others = [".adapter_config.json.tmp", "notes.tmp", ".adapter_model.safetensors.123.bak"]
     for name in others:  # not of the save's naming: never touched
         (tmp_path / name).write_text("keep")

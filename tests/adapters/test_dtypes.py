@@ -70,7 +70,12 @@ def test_converting_the_adapted_model_converts_adapter_and_factors():
     model.to(torch.bfloat16)
     assert {p.dtype for _, p in model.adapter_parameters()} == {torch.bfloat16}
     assert all(t.dtype == torch.bfloat16 for _, t in model.shared_factors.items())
-    assert model.shared_factors.fingerprint() == fingerprint  # taken at creation, in float32
+    # the rounded values are what it computes with now: fingerprinted again, rounding recorded
+    # (a save of the converted model loads to its outputs, issue 22)
+    assert model.shared_factors.fingerprint() != fingerprint
+    casts = model.shared_factors.casts()
+    assert casts.keys() == set(model.shared_factors.keys())
+    assert all(c == ["bfloat16"] for c in casts.values())
     batch = inputs("llama")
     assert run(model, "llama", batch).dtype == torch.bfloat16
 

@@ -126,7 +126,7 @@ def test_chains_are_pushed_with_linear_layers_and_agree_with_the_planned_einsum(
     net = layer.adapter.network(layer.base_weight())
     declared = build_evaluator(net)
     assert isinstance(declared, ChainEvaluator) == (name in ("lora", "vera"))
-    assert type(layer._evaluator) is type(declared)  # the layer built the same, once
+    assert type(layer.evaluator(layer.active_adapter)) is type(declared)  # built once, the same
     assert declared.dense_push == (name not in ("lora", "vera"))
     x = torch.randn(32, 256, dtype=torch.float64)
     ops = layer.engine().operands(net.operands)

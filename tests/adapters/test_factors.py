@@ -65,11 +65,26 @@ def test_fingerprint_detects_any_change():
     assert fingerprint([("x", t.to(torch.bfloat16).float())]) != fp
 
 
-def test_fingerprint_ignores_dtype_moves():
+def test_fingerprint_follows_the_values_held():
+    """Moves that keep every value (float64 and back) keep it; a rounding one (bfloat16)
+    gives the fingerprint of the values the model now computes with (issue 22)."""
     model = adapt(llama(), make_config("tera", "llama"))
     fp = model.shared_factors.fingerprint()
-    model.to(torch.bfloat16)
+    model.double().float()
     assert model.shared_factors.fingerprint() == fp
+    model.to(torch.bfloat16)
+    rounded = [(k, t.float()) for k, t in model.shared_factors.items()]
+    assert model.shared_factors.fingerprint() != fp
+    assert model.shared_factors.fingerprint() == _combined(rounded)
+
+
+def _combined(named) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, t in sorted(named, key=lambda item: item[0]):
+        h.update(f"{key}={fingerprint([(key, t)])};".encode())
+    return h.hexdigest()
 
 
 _CHILD = """

@@ -33,6 +33,7 @@ from tests.adapters.common import (
     ATOL,
     RTOL,
     bert,
+    edit_meta,
     inputs,
     llama,
     make_config,
@@ -189,16 +190,9 @@ def test_missing_and_corrupted_files(tmp_path):
         from_pretrained(llama(), tmp_path)
 
 
-def _edit_meta(tmp_path, **changes):
-    path = tmp_path / "adapter_config.json"
-    meta = json.loads(path.read_text())
-    meta.update(changes)
-    path.write_text(json.dumps(meta))
-
-
 def test_newer_format_is_refused(tmp_path):
     _saved(tmp_path)
-    _edit_meta(tmp_path, format_version=99)
+    edit_meta(tmp_path, format_version=99)
     with pytest.raises(
         LoadError, match="format_version 99 but this tera reads up to 1; upgrade tera"
     ):
@@ -207,7 +201,7 @@ def test_newer_format_is_refused(tmp_path):
 
 def test_fingerprint_mismatch_is_refused_and_leaves_the_model_clean(tmp_path):
     _saved(tmp_path)
-    _edit_meta(tmp_path, factor_fingerprint="0" * 64)
+    edit_meta(tmp_path, factor_fingerprint="0" * 64)
     model = llama()
     with pytest.raises(
         FingerprintError, match="regenerated from seed 0 do not match the fingerprint"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tera.adapters import AdaptedModel, TeRAConfig, VeRAConfig, adapt
+from tera.adapters import AdaptedModel, TeRAConfig, VeRAConfig, adapt, saving
 from tera.errors import AdapterStateError, LoadError, ShapeError
 from tests.adapters.common import (
     ATOL,
@@ -326,8 +326,8 @@ def test_a_thousand_adapters_cost_their_vectors_only(tmp_path):
     # refused at load; the others stay usable
     from tera.adapters import io
 
-    meta = template._adapter_meta(include_factors=False)
-    bad = {k: torch.ones(3) for k in template._adapter_state(False)}
+    meta = saving.adapter_meta(template, False, "default")
+    bad = {k: torch.ones(3) for k in saving.adapter_state(template, False, "default")}
     io.write_adapter(tmp_path / "bad-shapes", meta, bad)
     with pytest.raises(LoadError, match="has shape"):
         model.load_adapter(tmp_path / "bad-shapes", adapter_name="bad")
@@ -346,7 +346,7 @@ def test_a_thousand_adapters_cost_their_vectors_only(tmp_path):
 
 
 def test_the_bank_cache_is_bounded_and_sees_updated_tensors():
-    from tera.adapters.layer import BANK_CACHE
+    from tera.adapters.batch import BANK_CACHE
 
     model, names = _many("tera", 12)
     model.set_engine_path("push")
@@ -355,7 +355,7 @@ def test_the_bank_cache_is_bounded_and_sees_updated_tensors():
     with torch.no_grad():
         for i in range(BANK_CACHE + 3):  # more compositions than the cache holds
             model(**batch, adapter_names=[names[i], names[i + 1]])
-        assert sum(k[0] == "bank" for k in layer._banks) == BANK_CACHE
+        assert sum(k[0] == "bank" for k in layer.bank_cache) == BANK_CACHE
         before = model(**batch, adapter_names=["a1", "a2"]).logits
         model.set_adapter("a2")
         randomize_adapter(model, seed=99)  # in place: the cached bank must not be reused
@@ -369,7 +369,7 @@ def test_a_bank_runs_in_one_pass_unless_materializing_pays():
     """Decoding (a token per row, many adapters): one pass; a long prefill of one: alone."""
     from torch import nn
 
-    from tera.adapters.layer import RowAdapters
+    from tera.adapters.batch import RowAdapters, plan_banks, runs_one_by_one
 
     config = TeRAConfig(in_mode=64, out_mode=4, target_modules=["0"])
     model = adapt(nn.Sequential(nn.Linear(64, 64)), config, adapter_name="a0")
@@ -379,10 +379,10 @@ def test_a_bank_runs_in_one_pass_unless_materializing_pays():
     names = [f"a{i}" for i in range(64)]
     with torch.no_grad():
         decode = RowAdapters.from_names(names)
-        positions, bank_names, _ = layer._plan(decode)[0]
+        positions, bank_names, _ = plan_banks(layer, decode)[0]
         x = torch.randn(64, 1, 64)
-        assert not layer._one_by_one(decode, positions, bank_names, x, layer.base_weight())
+        assert not runs_one_by_one(layer, decode, bank_names, positions, x)
         prefill = RowAdapters.from_names(["a0", "a0"])
-        positions, bank_names, _ = layer._plan(prefill)[0]
+        positions, bank_names, _ = plan_banks(layer, prefill)[0]
         x = torch.randn(2, 4096, 64)
-        assert layer._one_by_one(prefill, positions, bank_names, x, layer.base_weight())
+        assert runs_one_by_one(layer, prefill, bank_names, positions, x)

@@ -18,6 +18,7 @@ from tera.adapters import (
     VeRAConfig,
     adapt,
     io,
+    saving,
 )
 from tera.adapters.peft_format import is_peft_folder, read_peft, write_peft
 from tera.errors import FormatError, LoadError
@@ -141,7 +142,11 @@ def test_a_vera_with_projections_of_several_sizes_is_refused(tmp_path):
     with pytest.raises(FormatError, match="no rank-r PEFT VeRA computes this model"):
         ours.save_pretrained(tmp_path, format="peft")
     with pytest.raises(FormatError, match="include_factors=True"):
-        write_peft(tmp_path, ours._adapter_meta(False), ours._adapter_state(False))
+        write_peft(
+            tmp_path,
+            saving.adapter_meta(ours, False, "default"),
+            saving.adapter_state(ours, False, "default"),
+        )
     assert not (tmp_path / io.CONFIG_NAME).exists()
 
 

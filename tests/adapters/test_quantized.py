@@ -23,11 +23,12 @@ import re
 import subprocess
 import sys
 import warnings
+from typing import cast
 
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tera.adapters import (
     HiRAConfig,
@@ -45,6 +46,7 @@ from tera.adapters import (
 )
 from tera.adapters.quantized import quantization_of
 from tera.errors import AdapterStateError, DependencyError, MergeError, ShapeError, TargetError
+from tests.adapters import common
 from tests.adapters.common import ATOL, KINDS, RTOL
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -60,17 +62,8 @@ HIDDEN = 64
 
 
 def llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # v_proj is 64 -> 32
-        max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    """The shared tiny Llama at hidden 64 (4-bit blocks need in_features % 64 == 0)."""
+    return cast(LlamaForCausalLM, common.llama(hidden_size=HIDDEN))
 
 
 def quantized_llama(backend: str) -> LlamaForCausalLM:

@@ -3,7 +3,7 @@
 import torch
 
 from tera.adapters import policy, tera_kernel
-from tera.adapters.tera_kernel import scaled_tucker_matrix
+from tera.adapters.tera_kernel import lean_tucker_matrix
 from tests.tn.test_kernels import _reference
 
 F64 = torch.float64
@@ -25,7 +25,7 @@ def test_the_backward_keeps_no_tensor_of_the_size_of_dw():
     inputs = {t.data_ptr() for t in [core, *factors, *vectors]}
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = scaled_tucker_matrix(core, vectors, factors, 1)
+        out = lean_tucker_matrix(core, vectors, factors, 1)
     assert out.numel() == core.numel()
     assert saved and all(t.data_ptr() in inputs for t in saved)
 
@@ -48,7 +48,7 @@ def test_backward_runs_with_the_tf32_setting_of_its_forward(monkeypatch):
     core, factors = torch.randn(3, 2, 2), [torch.randn(3, 3), torch.randn(2, 2), torch.randn(2, 2)]
     d = [torch.rand(r, requires_grad=True) for r in (3, 2, 2)]
     with policy.cuda_tf32(not before):
-        m = scaled_tucker_matrix(core, d, factors, k=1)
+        m = lean_tucker_matrix(core, d, factors, k=1)
     assert policy.cuda_tf32_enabled() == before  # restored after the block
     m.sum().backward()
     assert seen == [not before, not before]  # forward and backward alike
@@ -64,7 +64,7 @@ def test_the_permuted_core_cache_follows_the_core():
     vectors = [torch.rand(i, generator=gen, dtype=F64) + 0.5 for i in modes]
 
     def check(core):
-        out = scaled_tucker_matrix(core, vectors, factors, k, transpose=True)
+        out = lean_tucker_matrix(core, vectors, factors, k, transpose=True)
         assert out.is_contiguous()  # torch's out x in, computed in that layout
         torch.testing.assert_close(out, _reference(core, vectors, factors, k).T)
 
@@ -90,7 +90,7 @@ def test_the_backward_reuses_the_kronecker_products_of_frozen_factors():
 
     def grads():
         vectors = [torch.rand(i, generator=gen, dtype=F64).requires_grad_() for i in modes]
-        out = scaled_tucker_matrix(core, vectors, factors, 1, transpose=True)
+        out = lean_tucker_matrix(core, vectors, factors, 1, transpose=True)
         weight = torch.randn(out.shape, generator=gen, dtype=F64)
         ours = torch.autograd.grad((out * weight).sum(), vectors)
         ref = _reference(core, vectors, factors, 1).T
@@ -120,9 +120,35 @@ def test_the_kernel_works_when_the_user_set_the_new_precision_api():
         d = [torch.rand(3, requires_grad=True), torch.rand(2, requires_grad=True)]
         with policy.cuda_tf32(True):
             assert matmul.fp32_precision == "tf32"
-            m = scaled_tucker_matrix(core, d, factors, k=1, transpose=True)
+            m = lean_tucker_matrix(core, d, factors, k=1, transpose=True)
         assert matmul.fp32_precision == "ieee"
         m.sum().backward()
         assert all(v.grad is not None for v in d)
     finally:
         matmul.fp32_precision = old
+
+
+def test_materialized_training_under_bf16_autocast_keeps_float32_and_its_gradients():
+    """TRL and Trainer(bf16=True) run the forward under autocast: dW stays float32 (the
+    engine's policy) and the d's get the float32 model's gradients up to bf16 rounding of
+    the activations (relative 2e-2: bf16 has 8 bits of mantissa, the layer sums 64 terms)."""
+    from torch import nn
+
+    from tera.adapters import TeRAConfig, adapt
+
+    def grads(autocast: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = adapt(
+            nn.Sequential(nn.Linear(64, 64)),
+            TeRAConfig(in_mode=8, out_mode=4, target_modules=["0"]),
+        )
+        model.set_engine_path("materialize")
+        x = torch.randn(16, 64)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            y = model(x)
+        y.float().square().sum().backward()
+        return [p.grad.clone() for _, p in model.adapter_parameters()]
+
+    for got, want in zip(grads(True), grads(False), strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))

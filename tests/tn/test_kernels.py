@@ -25,7 +25,7 @@ F64 = torch.float64
 # The adapters' lean-backward kernel computes the same matrix: both are held to these laws.
 MATRIX_KERNELS = pytest.mark.parametrize(
     "matrix",
-    [scaled_tucker_matrix, tera_kernel.scaled_tucker_matrix],
+    [scaled_tucker_matrix, tera_kernel.lean_tucker_matrix],
     ids=["tn", "adapters-lean-backward"],
 )
 
