@@ -127,7 +127,8 @@ def table(data: dict[str, Any]) -> str:
         "",
         "SmolLM2-135M, validation split only (the harness's split of each task), one run per "
         "method of the full schedule, scored at each checkpoint (%). Majority: always the "
-        "training split's most common answer position.",
+        "training split's most common answer position. s: the run's wall seconds on a "
+        "shared machine (not a timing).",
         "",
     ]
     for task, runs in data["tasks"].items():

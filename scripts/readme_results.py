@@ -52,8 +52,9 @@ def ablation_block() -> str:
 
 
 def rank_block() -> str:
-    """The README block: the rank regime's table (VeRA by rank, TeRA schemes)."""
-    return f"{RANK_BEGIN}\n" + _section(RANK, None) + f"\n{RANK_END}"
+    """The README block: the default TeRA against VeRA at each rank (TeRA minus VeRA)."""
+    table = _section(RANK, "### The default TeRA against each VeRA")
+    return f"{RANK_BEGIN}\n" + table + f"\n{RANK_END}"
 
 
 def _results_block(path: Path, begin: str, end: str) -> str:

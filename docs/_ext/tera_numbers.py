@@ -336,6 +336,21 @@ def _science_numbers(n: dict[str, Callable[[], str]]) -> None:
         n["small.total_minutes"] = lambda r=r: f"{r.get('total_seconds', 0) / 60:.0f} min"
     if compare_results():
         _folder_numbers(n, "compare", compare_results())
+    pilot = RESULTS / "decoder-pilot" / "pilot.json"
+    if pilot.is_file():  # pilot.<task>.<key>.step<N>, .zero_shot, .majority (validation, %)
+        for task, runs in json.loads(pilot.read_text(encoding="utf-8"))["tasks"].items():
+            for key, run in runs.items():
+                if run["label"] == "Zero-shot":
+                    n[f"pilot.{_slug(task)}.zero_shot"] = lambda v=run["points"]["0"]: (
+                        f"{100 * v:.0f} %"
+                    )
+                    continue
+                for step, acc in run["points"].items():
+                    n[f"pilot.{_slug(task)}.{key}.step{step}"] = lambda v=acc: f"{100 * v:.0f} %"
+                if "validation_majority" in run:
+                    n[f"pilot.{_slug(task)}.majority"] = lambda v=run["validation_majority"]: (
+                        f"{100 * v:.0f} %"
+                    )
 
 
 # -- Figures measured once outside the results files ---------------------------------------
