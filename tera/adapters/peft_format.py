@@ -496,10 +496,12 @@ def write_peft(
     >>> from pathlib import Path
     >>> from torch import nn
     >>> from tera.adapters import LoRAConfig, adapt
+    >>> from tera.adapters import saving
     >>> from tera.adapters.peft_format import write_peft
     >>> model = adapt(nn.Sequential(nn.Linear(8, 4)), LoRAConfig(r=2, target_modules=["0"]))
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     write_peft(d, model._adapter_meta(True), model._adapter_state(True))
+    ...     meta = saving.adapter_meta(model, True, "default")
+    ...     write_peft(d, meta, saving.adapter_state(model, True, "default"))
     ...     json.loads((Path(d) / "adapter_config.json").read_text())["peft_type"]
     'LORA'
     """
@@ -510,7 +512,7 @@ def peft_folder(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) ->
     """The files of the PEFT folder for tera's meta and tensors (see :func:`write_peft`).
 
     The inverse of :func:`read_peft`: ``meta`` and ``tensors`` as
-    ``AdaptedModel._adapter_meta(include_factors=True)`` and ``_adapter_state(True)`` give
+    ``saving.adapter_meta(model, True, name)`` and ``saving.adapter_state(model, True, name)`` give
     them (what ``save_pretrained(directory, format="peft")`` passes). The folder loads with
     ``peft.PeftModel.from_pretrained(base_model, directory)`` to the same outputs.
 
