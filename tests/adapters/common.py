@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from tera.adapters import HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig
+from tera.adapters import AdaptedModel, HiRAConfig, LoRAConfig, TeRAConfig, VeRAConfig, adapt
 
 ATOL = RTOL = 1e-5
 
@@ -56,6 +56,21 @@ def llama(vocab_size: int = 100, hidden_size: int = 32) -> nn.Module:
         max_position_embeddings=32,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def many_adapters(kind: str, n: int) -> tuple[AdaptedModel, list[str]]:
+    """A tiny Llama holding ``n`` adapters of ``kind`` named a0..a{n-1} (a0 active), each
+    with its own random tensors (``randomize_adapter`` seeded by its index)."""
+    config = make_config(kind, "llama")
+    model = adapt(llama(), config, adapter_name="a0")
+    names = [f"a{i}" for i in range(n)]
+    for name in names[1:]:
+        model.add_adapter(name, config)
+    for i, name in enumerate(names):
+        model.set_adapter(name)
+        randomize_adapter(model, seed=i)
+    model.set_adapter("a0")
+    return model, names
 
 
 def edit_meta(directory: Path, **changes: object) -> None:

@@ -23,6 +23,7 @@ from tests.adapters.common import (
     RTOL,
     llama,
     make_config,
+    many_adapters,
     mlp,
     randomize_adapter,
 )
@@ -34,17 +35,8 @@ N_ADAPTERS = 64
 
 
 def _many(kind: str, n: int = N_ADAPTERS) -> tuple[AdaptedModel, list[str]]:
-    """A tiny Llama holding ``n`` adapters of ``kind``, each with its own random tensors."""
-    config = make_config(kind, "llama")
-    model = adapt(llama(), config, adapter_name="a0")
-    names = [f"a{i}" for i in range(n)]
-    for name in names[1:]:
-        model.add_adapter(name, config)
-    for i, name in enumerate(names):
-        model.set_adapter(name)
-        randomize_adapter(model, seed=i)
-    model.set_adapter("a0")
-    return model, names
+    """A tiny Llama holding ``n`` adapters of ``kind`` (common.many_adapters)."""
+    return many_adapters(kind, n)
 
 
 def _padded_batch(rows: int, seed: int = 0) -> dict[str, torch.Tensor]:

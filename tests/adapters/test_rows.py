@@ -17,20 +17,20 @@ import torch
 from tera.adapters import AdaptedModel, LoRAConfig, VeRAConfig, adapt
 from tera.adapters.rows import RowLayout, RowTable, row_checksums
 from tera.errors import AdapterStateError, FormatError, LoadError
-from tests.adapters.common import ATOL, KINDS, RTOL, llama, make_config, randomize_adapter
+from tests.adapters.common import (
+    ATOL,
+    KINDS,
+    RTOL,
+    llama,
+    make_config,
+    many_adapters,
+    randomize_adapter,
+)
 
 
 def _many(kind: str, n: int) -> tuple[AdaptedModel, list[str]]:
-    """A tiny Llama holding ``n`` module adapters of ``kind`` (a0 active), randomized."""
-    config = make_config(kind, "llama")
-    model = adapt(llama(), config, adapter_name="a0")
-    names = [f"a{i}" for i in range(n)]
-    for name in names[1:]:
-        model.add_adapter(name, config)
-    for i, name in enumerate(names):
-        model.set_adapter(name)
-        randomize_adapter(model, seed=i)
-    model.set_adapter("a0")
+    """A tiny Llama holding ``n`` module adapters of ``kind``, in eval mode."""
+    model, names = many_adapters(kind, n)
     return model.eval(), names
 
 

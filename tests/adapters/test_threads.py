@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from tera.adapters import AdaptedModel, adapt
-from tests.adapters.common import ATOL, RTOL, llama, make_config, randomize_adapter
+from tera.adapters import AdaptedModel
+from tests.adapters.common import ATOL, RTOL, many_adapters
 
 THREADS = 4
 ROUNDS = 150  # calls per thread (generate calls are a fifth of them)
@@ -26,14 +26,7 @@ NAMES = ["a0", "a1", "a2", "a3"]
 
 
 def _model() -> AdaptedModel:
-    config = make_config("tera", "llama")
-    model = adapt(llama(), config, adapter_name="a0")
-    for name in NAMES[1:]:
-        model.add_adapter(name, config)
-    for i, name in enumerate(NAMES):
-        model.set_adapter(name)
-        randomize_adapter(model, seed=i)
-    model.set_adapter("a0")
+    model, _ = many_adapters("tera", len(NAMES))  # adapters a0..a3, a0 active
     return model.eval()
 
 
