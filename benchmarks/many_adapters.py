@@ -580,7 +580,7 @@ def report(result: dict[str, Any], found: list[dict[str, Any]], args: argparse.N
             [
                 [
                     t["target"],
-                    f"{t['value']:.2f} {t['unit']}".replace(" x", "x"),
+                    f"{t['value']:.3f} {t['unit']}".replace(" x", "x"),
                     "met" if t["met"] else "**missed**",
                 ]
                 for t in found
@@ -609,7 +609,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-rows", type=int, default=8)
     parser.add_argument("--memory-kinds", default="tera")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="measure nothing: write --out's Markdown again from a JSON this script wrote",
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+        measured = argparse.Namespace(**{**result["settings"], "out": args.out})
+        emit(report(result, result["targets"], measured), args.out)
+        return 0
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.memory_kinds = [k for k in args.memory_kinds.split(",") if k]
     if not args.kinds or any(k not in KINDS for k in args.kinds + args.memory_kinds):

@@ -177,3 +177,7 @@ def test_serve_times_every_variant_and_checks_the_targets(tmp_path):
     assert 0 < memory["tera"]["adapter_bytes"] < memory["lora"]["adapter_bytes"]
     assert memory["lora"]["adapter_bytes"] == memory["peft-lora"]["adapter_bytes"]
     assert "| TeRA | 4 mixed (adapter_names) |" in text
+    # the report again from its JSON, measuring nothing: the same Markdown
+    again = tmp_path / "again.md"
+    assert serve.main(["--from-json", str(out.with_suffix(".json")), "--out", str(again)]) == text
+    assert again.read_text() == text
