@@ -174,6 +174,23 @@ def serve_ratio(kind: str, which: str, part: str, measure: str) -> float:
     return float(serve_results()["variants"][key][part][measure]["median"])
 
 
+@functools.cache
+def many_results() -> dict:
+    """``benchmarks/results/many_adapters.json``: the 100,000-adapter run of ``make bench-serve``."""
+    path = RESULTS / "many_adapters.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} is missing (make bench-serve writes it)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def many_target(prefix: str) -> dict:
+    """The one target of the 100,000-adapter run whose text starts with ``prefix``."""
+    found = [t for t in many_results()["targets"] if t["target"].startswith(prefix)]
+    if len(found) != 1:
+        raise KeyError(f"many_adapters.json has {len(found)} targets starting with {prefix!r}")
+    return found[0]
+
+
 def serve_target(kind: str, part: str, measure: str) -> bool:
     """Whether the run met one of the issue's targets (computed by the benchmark)."""
     for t in serve_results()["targets"]:
@@ -589,6 +606,29 @@ def _numbers() -> dict[str, Callable[[], str]]:
             n[f"serve.{variant.replace('/', '.')}.{part}.tps"] = lambda v=variant, p=part: (
                 f"{serve_results()['variants'][v][p]['tokens_per_s']:.0f} tokens/s"
             )
+    # 100,000 adapters (many_adapters.json); ratios to three digits, read against targets
+    n["many.adapters"] = lambda: f"{many_results()['settings']['adapters']:,}"
+    for kind, label in (("tera", "TeRA"), ("vera", "VeRA (r=256)")):
+        n[f"many.{kind}.open"] = lambda lb=label: f"{many_target(lb + ': open')['value']:.2f} s"
+        for part in ("prefill", "decode"):
+            n[f"many.{kind}.{part}.xsingle"] = lambda k=kind, p=part: _x(
+                many_results()["serving"][f"{k}/random64 {p}"]["x_single"]["median"], 3
+            )
+            n[f"many.{kind}.{part}.xpeft"] = lambda k=kind, p=part: _x(
+                many_results()["serving"][f"{k}/random64 {p}"]["x_peft_mixed"]["median"], 2
+            )
+        n[f"many.{kind}.train.xone"] = lambda k=kind: _x(
+            many_results()["training"][k]["64 adapters (a group)"]["x_one"], 2
+        )
+    n["many.tera.floor"] = lambda: _x(many_results()["tera_floor"]["floor_x_single"], 2)
+    n["many.tera.prefill.xfloor"] = lambda: _x(many_target("TeRA prefill")["value"], 3)
+    n["many.tera.resident"] = lambda: _x(many_target("TeRA: resident growth")["value"], 3)
+    n["many.tera.private_growth"] = lambda: (
+        f"{many_target('TeRA: private memory flat')['value']:.1f} MiB"
+    )
+    n["many.memory.calls"] = lambda: f"{many_results()['memory']['tera']['calls']:,}"
+    n["many.memory.touched"] = lambda: f"{many_results()['memory']['tera']['newly_touched']:,}"
+    n["many.peft.fit"] = lambda: f"{many_results()['mem_total'] // many_results()['peft_adapter_bytes']:,}"
     n["serve.lora_over_tera.bytes"] = lambda: (
         f"{serve_results()['memory']['lora']['adapter_bytes'] / serve_results()['memory']['tera']['adapter_bytes']:.0f}"  # noqa: E501
     )
