@@ -401,7 +401,8 @@ def report(
     rows = [[v.model, v.batch, *cells(v, "prefill"), *cells(v, "decode")] for v in variants]
     target_rows = [
         # three digits: a ratio of 0.8978 printed as 0.90 would read as meeting ">= 0.9x"
-        [t["target"], f"{t['value']:.3f}x", "met" if t["met"] else "**missed**"] for t in targets
+        [t["target"], f"{t['value']:.3f}x", "met" if t["met"] else "**missed**"]
+        for t in targets
     ]
     memory_rows = [
         [
@@ -457,9 +458,9 @@ def rerender(path: Path) -> str:
     variants = []
     for key, v in raw["variants"].items():
         results = {part: v[part] for part in PARTS}
-        variants.append(
-            Variant(key, v["model"], v["batch"], v["kind"], v["adapters"], _unused, _unused, results)
-        )
+        variant = Variant(key, v["model"], v["batch"], v["kind"], v["adapters"], _unused, _unused)
+        variant.results = results
+        variants.append(variant)
     return report(args, variants, raw["targets"], raw["memory"], raw["machine"])
 
 

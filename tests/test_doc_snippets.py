@@ -45,9 +45,13 @@ def undefined_names(source: str) -> list[str]:
     bound = _bound(tree) | set(dir(builtins))
     seen: list[str] = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id not in bound and node.id not in seen:
-                seen.append(node.id)
+        if (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+            and node.id not in bound
+            and node.id not in seen
+        ):
+            seen.append(node.id)
     return seen
 
 
