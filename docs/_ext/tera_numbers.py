@@ -155,12 +155,17 @@ def sizes_row(variant: str) -> dict[str, str]:
 
 # -- Serving many adapters (benchmarks/serve.py's JSON) --------------------------------------
 @functools.cache
-def serve_results() -> dict:
-    """``benchmarks/results/serve.json``, the raw numbers ``make bench-serve`` wrote."""
-    path = RESULTS / "serve.json"
+def bench_serve_json(name: str) -> dict:
+    """``benchmarks/results/<name>.json``, raw numbers that ``make bench-serve`` wrote."""
+    path = RESULTS / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} is missing (make bench-serve writes it)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def serve_results() -> dict:
+    """``benchmarks/results/serve.json``: batches of 1, 8 and 64 module adapters."""
+    return bench_serve_json("serve")
 
 
 def serve_most() -> int:
@@ -174,13 +179,9 @@ def serve_ratio(kind: str, which: str, part: str, measure: str) -> float:
     return float(serve_results()["variants"][key][part][measure]["median"])
 
 
-@functools.cache
 def many_results() -> dict:
-    """``benchmarks/results/many_adapters.json``: the 100,000-adapter run of ``make bench-serve``."""
-    path = RESULTS / "many_adapters.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"results file {path} is missing (make bench-serve writes it)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """``benchmarks/results/many_adapters.json``: the 100,000-adapter run."""
+    return bench_serve_json("many_adapters")
 
 
 def many_target(prefix: str) -> dict:
@@ -628,7 +629,9 @@ def _numbers() -> dict[str, Callable[[], str]]:
     )
     n["many.memory.calls"] = lambda: f"{many_results()['memory']['tera']['calls']:,}"
     n["many.memory.touched"] = lambda: f"{many_results()['memory']['tera']['newly_touched']:,}"
-    n["many.peft.fit"] = lambda: f"{many_results()['mem_total'] // many_results()['peft_adapter_bytes']:,}"
+    n["many.peft.fit"] = lambda: (
+        f"{many_results()['mem_total'] // many_results()['peft_adapter_bytes']:,}"
+    )
     n["serve.lora_over_tera.bytes"] = lambda: (
         f"{serve_results()['memory']['lora']['adapter_bytes'] / serve_results()['memory']['tera']['adapter_bytes']:.0f}"  # noqa: E501
     )
