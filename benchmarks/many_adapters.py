@@ -616,9 +616,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.from_json is not None:
-        result = json.loads(args.from_json.read_text())
-        measured = argparse.Namespace(**{**result["settings"], "out": args.out})
-        emit(report(result, result["targets"], measured), args.out)
+        try:
+            result = json.loads(args.from_json.read_text())
+            measured = argparse.Namespace(**{**result["settings"], "out": args.out})
+            text = report(result, result["targets"], measured)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--from-json {args.from_json}: not a JSON this script wrote ({error!r})")
+        emit(text, args.out)
         return 0
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.memory_kinds = [k for k in args.memory_kinds.split(",") if k]

@@ -488,7 +488,10 @@ def main(argv: list[str] | None = None) -> str:
     )
     args = parser.parse_args(argv)
     if args.from_json is not None:
-        text = rerender(args.from_json)
+        try:
+            text = rerender(args.from_json)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--from-json {args.from_json}: not a JSON serve.py wrote ({error!r})")
         emit(text, args.out)
         return text
     args.kinds = [k for k in args.kinds.split(",") if k]
