@@ -45,6 +45,7 @@ from tera.adapters import (
     TeRAConfig,
     VeRAConfig,
     adapt,
+    trace_paths,
 )
 from tera.adapters.engine import path_costs
 from tera.tn import suggest_modes
@@ -128,14 +129,24 @@ def stepper(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable[[],
     return step
 
 
-def flop_ratio(model: nn.Module, tokens: int, j: int) -> str:
+def chosen_path(model: nn.Module, step: Callable[[], None]) -> str:
+    """The path our adapted layer takes in one more (untimed) step; "" for PEFT and base."""
+    layers = getattr(model, "adapter_layers", None)
+    if not layers:
+        return ""
+    with trace_paths() as trace:
+        step()
+    return trace[layers["0"]]
+
+
+def flop_ratio(model: nn.Module, tokens: int, j: int, path: str) -> str:
     """The engine's FLOP estimate of its chosen path over the base layer (ours only)."""
     layers = getattr(model, "adapter_layers", None)
     if not layers:
         return "1.00" if not any(p.requires_grad for p in model.parameters()) else "-"
     layer = layers["0"]
     net = layer.adapter.network(layer.base_weight())
-    extra = path_costs(net, tokens, fused=True, backward=True)[layer.last_path]
+    extra = path_costs(net, tokens, fused=True, backward=True)[path]
     return f"{1 + extra / (4 * tokens * j * j):.2f}"
 
 
@@ -165,8 +176,7 @@ def speed(
             inner = 10 if device.startswith("cuda") else 1
             result = alternate(steps, "base", reps, device=device, inner=inner)
             for name, t in result.items():
-                layers = getattr(models[name], "adapter_layers", None)
-                path = layers["0"].last_path if layers else ""
+                path = chosen_path(models[name], steps[name])
                 rows.append(
                     [
                         str(j),
@@ -174,8 +184,8 @@ def speed(
                         name,
                         f"{t.median_ms:.1f}",
                         t.ratio_text(),
-                        flop_ratio(models[name], tokens, j),
-                        path or "",
+                        flop_ratio(models[name], tokens, j, path),
+                        path,
                     ]
                 )
             print(f"J={j} tokens={tokens} done", file=sys.stderr, flush=True)

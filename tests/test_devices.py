@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 
-from tera.adapters import AdaptedModel, adapt
+from tera.adapters import AdaptedModel, adapt, trace_paths
 from tera.adapters import from_pretrained as load_adapter
 from tera.adapters.layer import AdapterLinear, execution_policy
 from tera.adapters.policy import cuda_tf32_enabled
@@ -96,20 +96,21 @@ def _step(model: AdaptedModel, path: str = "auto"):
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in inputs("llama").items()}
     model.zero_grad()
-    out = model(**batch)
+    with trace_paths() as trace:
+        out = model(**batch)
     out.logits.double().log_softmax(-1).mean().backward()
     grads = {n: p.grad.clone() for n, p in model.adapter_parameters()}
-    return out.logits, grads
+    return out.logits, grads, trace
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_adapted_llama_on_device_matches_float64_on_cpu(kind, path):
     model, ref = _pair(kind)
-    logits, grads = _step(model, path)
+    logits, grads, trace = _step(model, path)
     assert logits.device.type == DEVICE.type and logits.dtype == torch.float32
-    assert {layer.last_path for layer in model.adapter_layers.values()} == {path}
-    ref_logits, ref_grads = _step(ref)
+    assert {trace[layer] for layer in model.adapter_layers.values()} == {path}
+    ref_logits, ref_grads, _ = _step(ref)
     _close(logits, ref_logits, 1e-5)
     for name, g in grads.items():
         _close(g, ref_grads[name], 1e-4)  # a reduction over every token and layer
@@ -124,9 +125,9 @@ def test_bf16_base_on_device_trains_float32_adapter_close_to_float64(kind):
     policy = execution_policy(layer.base_weight())
     assert policy.apply_dtype == (torch.float32 if DEVICE.type == "cpu" else torch.bfloat16)
     assert policy.fuse == (DEVICE.type != "cpu") and policy.tf32_build == (DEVICE.type == "cuda")
-    logits, grads = _step(model)
+    logits, grads, _ = _step(model)
     assert logits.dtype == torch.bfloat16
-    ref_logits, ref_grads = _step(ref)
+    ref_logits, ref_grads, _ = _step(ref)
     # the whole model runs in bf16 (norms, attention), so the yardstick is the best a bf16
     # model can do: the float64 merged model rounded to bf16 (measured, not assumed)
     batch = {k: v.to(DEVICE) for k, v in inputs("llama").items()}

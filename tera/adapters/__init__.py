@@ -41,6 +41,7 @@ from tera.adapters.quantized import (
 )
 from tera.adapters.registry import config_from_dict
 from tera.adapters.store import AdapterStore, StoreWarning
+from tera.adapters.trace import PathTrace, trace_paths
 
 __all__ = [
     "BANK_CACHE",
@@ -54,6 +55,7 @@ __all__ = [
     "HiRAConfig",
     "LoRAConfig",
     "ParameterReport",
+    "PathTrace",
     "QuantizedMergeWarning",
     "RowAdapters",
     "StoreWarning",
@@ -71,5 +73,6 @@ __all__ = [
     "parameter_report",
     "quantize_model",
     "save_adapter",
+    "trace_paths",
     "weight_bytes",
 ]

@@ -40,6 +40,7 @@ from tera.adapters.policy import (
     ExecutionPolicy,
     execution_policy,
 )
+from tera.adapters.trace import record_path
 from tera.errors import AdapterStateError, DTypeError, MergeError, ShapeError, TargetError
 
 __all__ = [
@@ -124,10 +125,9 @@ class AdapterLinear(nn.Module):
         :attr:`adapter` is the active one.
     path : str
         How the engine evaluates the adapter: ``"materialize"``, ``"push"``, or ``"auto"``
-        (the default), which picks the cheaper for each call's token count.
-    last_path : str or None
-        The path the last plain forward call took (``None`` before the first call; a
-        diagnostic only, never read by the layer).
+        (the default), which picks the cheaper for each call's token count. The path a call
+        took is not stored on the layer (threads share it): :func:`tera.adapters.trace_paths`
+        records it for the calling thread.
 
     Examples
     --------
@@ -177,7 +177,6 @@ class AdapterLinear(nn.Module):
         self.merged = False
         self.disabled = False
         self.path: EnginePath = "auto"
-        self.last_path: EvalPath | None = None
         self.active_adapter = adapter_name
         self._original_weight: torch.Tensor | None = None
         self._merged_adapter: str | None = None
@@ -417,7 +416,7 @@ class AdapterLinear(nn.Module):
         fused = base is not None and self._fusable_layer and no_dropout and policy.fuse
         path = self.choose(engine, tokens, fused, needs_backward(raw))
         if base is not None:
-            self.last_path = path
+            record_path(self, path)
         ops = engine.operands(raw)
         if path == "materialize":
             dw = engine.delta_weight(ops)  # TF32 or not: the engine's policy

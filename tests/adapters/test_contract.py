@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tera.adapters import AdapterLinear, adapt, from_pretrained, parameter_report
+from tera.adapters import AdapterLinear, adapt, from_pretrained, parameter_report, trace_paths
 from tera.theory import (
     hira_parameter_count,
     lora_parameter_count,
@@ -62,8 +62,9 @@ def test_engine_paths_agree(kind, model_name):
     outs = {}
     for path in ("materialize", "push"):
         adapted.set_engine_path(path)
-        outs[path] = run(adapted, model_name, batch)
-        assert all(layer.last_path == path for layer in adapted.adapter_layers.values())
+        with trace_paths() as trace:
+            outs[path] = run(adapted, model_name, batch)
+        assert all(trace[layer] == path for layer in adapted.adapter_layers.values())
     torch.testing.assert_close(outs["materialize"], outs["push"], atol=ATOL, rtol=RTOL)
     adapted.set_engine_path("auto")
     torch.testing.assert_close(run(adapted, model_name, batch), outs["push"], atol=ATOL, rtol=RTOL)

@@ -18,6 +18,7 @@ from tera.adapters import (
     find_targets,
     from_pretrained,
     parameter_report,
+    trace_paths,
 )
 from tera.adapters.engine import choose_path
 from tera.cli import BUNDLED_CONFIGS
@@ -136,10 +137,11 @@ def test_engine_picks_push_for_few_tokens_and_materialize_for_many():
     net = layer.adapter.network(layer.base_weight())
     assert choose_path(net, tokens=1, fused=True) == "push"
     assert choose_path(net, tokens=65536, fused=True) == "materialize"
-    model(torch.randn(1, 256))
-    assert layer.last_path == "push"
-    model(torch.randn(8, 1024, 256))
-    assert layer.last_path == "materialize"
+    with trace_paths() as few:
+        model(torch.randn(1, 256))
+    with trace_paths() as many:
+        model(torch.randn(8, 1024, 256))
+    assert (few[layer], many[layer]) == ("push", "materialize")
 
 
 def _saved(tmp_path, kind="tera"):

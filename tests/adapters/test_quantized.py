@@ -42,6 +42,7 @@ from tera.adapters import (
     from_pretrained,
     is_quantized,
     quantize_model,
+    trace_paths,
     weight_bytes,
 )
 from tera.adapters.quantized import quantization_of
@@ -147,8 +148,9 @@ def test_output_is_quantized_base_plus_adapter(backend, kind, path):
             dw = layer.delta_weight()
             assert dw.dtype == torch.float32 and float(dw.abs().max()) > 1e-4
             expected = base + x @ dw.T
-            got = layer(x)
-        assert layer.last_path == path
+            with trace_paths() as trace:
+                got = layer(x)
+        assert trace[layer] == path
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
 
 
