@@ -15,13 +15,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
-from tera.adapters import saving
+from tera.adapters import io, saving
 from tera.adapters.config import AdapterConfig
 from tera.adapters.factors import SharedFactors
 from tera.adapters.groups import RowGroup
@@ -84,20 +83,22 @@ class ManyAdapters:
             return 4 * self._rows.bank(name).layout.width  # float32 rows
         return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(name))
 
-    def _save_rows(
-        self: _Host, directory: str | os.PathLike[str], names: Sequence[str], format: str
-    ) -> list[str]:
-        """``save_pretrained``: write the row adapters of ``names``; the module ones left."""
+    def _row_folders(
+        self: _Host, names: Sequence[str], format: str
+    ) -> tuple[dict[str, io.Folder], list[str]]:
+        """``save_pretrained``: the row adapters' files and the module adapters' names.
+
+        The files (sub-folder -> files) are written in the same atomic save as the module
+        adapters: a kill leaves all of them old or all new.
+        """
         rows = [n for n in names if _is_row(self, n)]
         if rows and format != "tera":
             raise FormatError(
                 f"row adapters {rows[:3]} are written in tera's format; unpack_adapters() "
                 f"them to write format={format!r}"
             )
-        for name in rows:
-            target = Path(directory) if name == "default" else Path(directory) / name
-            self._rows.bank(name).export(name, target)
-        return [n for n in names if n not in rows]
+        folders = {io.adapter_folder(n): self._rows.bank(n).folder(n) for n in rows}
+        return folders, [n for n in names if n not in rows]
 
     @property
     def adapter_rows(self: _Host) -> AdapterRows:

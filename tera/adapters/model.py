@@ -637,10 +637,10 @@ class AdaptedModel(ManyAdapters, nn.Module):
         if not is_main_process:
             return
         names = self.adapter_names if selected_adapters is None else list(selected_adapters)
-        names = self._save_rows(directory, names, format)  # row adapters: by their bank
+        rows, names = self._row_folders(names, format)  # row adapters: from their bank
         for name in names:
             self._require(name)
-        saving.save(self, directory, names, include_factors, format)
+        saving.save(self, directory, names, include_factors, format, rows)
 
     @classmethod
     @io.names_the_folder  # every error of a load names the folder

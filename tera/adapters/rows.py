@@ -533,9 +533,13 @@ class RowBank:
         meta["modules_to_save"] = []
         return meta
 
+    def folder(self, name: str) -> io.Folder:
+        """Adapter ``name`` as the files of an adapter folder (what ``load_adapter`` reads)."""
+        return io.tera_folder(self.adapter_meta(), self.state(name))
+
     def export(self, name: str, directory: Any) -> None:
-        """Write adapter ``name`` as an adapter folder (what ``load_adapter`` reads)."""
-        io.write_adapter(directory, self.adapter_meta(), self.state(name))
+        """Write adapter ``name`` as an adapter folder, atomically."""
+        io.write_folders(directory, {"": self.folder(name)})
 
 
 class AdapterRows:

@@ -25,7 +25,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -133,11 +133,15 @@ def save(
     names: Sequence[str],
     include_factors: bool,
     format: str,
+    more: Mapping[str, io.Folder] | None = None,
 ) -> None:
-    """Write adapters ``names``: ``"default"`` into ``directory``, others into subfolders."""
+    """Write adapters ``names``: ``"default"`` into ``directory``, others into subfolders.
+
+    ``more`` (sub-folder -> files, the row adapters') is written in the same atomic save.
+    """
     if format not in ("tera", "peft"):
         raise FormatError(f"format must be 'tera' or 'peft', got {format!r}")
-    folders: dict[str, io.Folder] = {}  # all adapters written as one atomic save
+    folders: dict[str, io.Folder] = dict(more or {})  # all adapters written as one atomic save
     for name in names:
         if format == "peft":
             state = adapter_state(model, True, name)

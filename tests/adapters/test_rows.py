@@ -16,7 +16,7 @@ import torch
 
 from tera.adapters import AdaptedModel, LoRAConfig, VeRAConfig, adapt
 from tera.adapters.rows import RowLayout, RowTable, row_checksums
-from tera.errors import AdapterStateError, FormatError, LoadError
+from tera.errors import AdapterStateError, FormatError, LoadError, SaveError
 from tests.adapters.common import (
     ATOL,
     KINDS,
@@ -325,3 +325,25 @@ def test_packing_refuses_factors_that_cannot_be_regenerated():
     model.shared_factors.set(key, 2 * model.shared_factors.get(key))  # a PEFT VeRA's own
     with pytest.raises(AdapterStateError, match="regenerated from the seed"):
         model.pack_adapters(["a1"])
+
+
+def test_row_and_module_adapters_are_saved_in_one_atomic_save(tmp_path):
+    """A save that cannot write one module adapter writes no row adapter either (the rows
+    used to be exported first, outside the transaction); a save that can writes both."""
+    model, _ = _many("tera", 3)
+    model.pack_adapters(["a1"])
+    (tmp_path / "a2").write_text("a file where the folder of a2 goes")
+    with pytest.raises(SaveError, match="a2"):
+        model.save_pretrained(tmp_path, selected_adapters=["a1", "a2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a2"]
+    (tmp_path / "a2").unlink()
+    model.save_pretrained(tmp_path, selected_adapters=["a1", "a2"])
+    other = adapt(llama(), make_config("tera", "llama"))
+    for name in ("a1", "a2"):
+        other.load_adapter(tmp_path / name, adapter_name=name)
+    batch = _batch(2)
+    with torch.no_grad():
+        for name in ("a1", "a2"):
+            want = model(**batch, adapter_names=[name, name]).logits
+            got = other(**batch, adapter_names=[name, name]).logits
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
