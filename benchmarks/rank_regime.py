@@ -193,12 +193,36 @@ def _points(results: dict[str, Any], panel: str) -> list[tuple[str, int, float, 
     return pts
 
 
+def _stack_labels(ax: Any, labels: list[tuple[float, float, str]], x_text: float) -> None:
+    """Write each ``(x, y, text)`` at ``x_text`` with a thin line to its point.
+
+    The labels keep the order of their y and sit at least 6% of the y-range apart.
+    """
+    low, high = ax.get_ylim()
+    gap = 0.06 * (high - low)
+    placed: list[float] = []
+    for x, y, text in sorted(labels, key=lambda item: item[1]):
+        at = max(y, placed[-1] + gap) if placed else y
+        placed.append(at)
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(x_text, at),
+            textcoords="data",
+            fontsize=8,
+            va="center",
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4", "shrinkB": 4},
+        )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Accuracy against trainable parameters, one panel per task and one for the mean.
 
     Marker colour is the rank of dW over J (seed 0, the lowest layer); VeRA's points are
-    labelled with r. Points at nearly the same count are spread a little sideways so none
-    hides another (the x position is then approximate; the table has the counts).
+    labelled with r, the labels stacked right of the points with a leader line each, so no
+    label covers another or a marker. Points at nearly the same count are spread a little
+    sideways so none hides another (the x position is then approximate; the table has the
+    counts).
     """
     import matplotlib
 
@@ -218,6 +242,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax, panel in zip(axes[0], panels, strict=True):
         pts = sorted(_points(results, panel), key=lambda p: p[1])
         shown: list[float] = []
+        labels: list[tuple[float, float, str]] = []  # (x, y, text) of VeRA's points
         for name, marker, wanted in families:
             mine = [p for p in pts if wanted(p[0])]
             if not mine:
@@ -237,18 +262,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.errorbar(x, m, yerr=h, fmt="none", ecolor=c, capsize=3, zorder=2)
                 ax.scatter(x, m, marker=marker, color=c, edgecolor="k", s=60, zorder=3)
                 if key.startswith("vera"):
-                    below = len([k for k in shown if k <= x]) % 2  # alternate: no overlap
-                    ax.annotate(
-                        f"r={rank}",
-                        (x, m),
-                        xytext=(7, -11 if below else 5),
-                        textcoords="offset points",
-                        fontsize=8,
-                    )
+                    labels.append((x, m, f"r={rank}"))
             ax.scatter([], [], marker=marker, color="w", edgecolor="k", label=name)
         ax.axvline(results["methods"]["tera"]["adapter_params"], color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
-        ax.set_xlim(right=max(shown) * 1.6)
+        ax.set_xlim(right=max(shown) * 2.4)
+        _stack_labels(ax, labels, x_text=max(shown) * 1.35)
         ax.set_xlabel("trainable adapter parameters (log)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(panel + ("" if panel.startswith("mean") else " (bars: 95% CI)"))
