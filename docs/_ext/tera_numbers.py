@@ -351,7 +351,8 @@ def _science_numbers(n: dict[str, Callable[[], str]]) -> None:
     if small.is_file():
         r = json.loads(small.read_text(encoding="utf-8"))
         _folder_numbers(n, "small", r)
-        n["small.total_minutes"] = lambda r=r: f"{r.get('total_seconds', 0) / 60:.0f} min"
+        # the runs' own wall time (results.json's run_seconds), not the last session's
+        n["small.run_hours"] = lambda r=r: f"{r['run_seconds'] / 3600:.1f} h"
     if compare_results():
         _folder_numbers(n, "compare", compare_results())
     pilot = RESULTS / "decoder-pilot" / "pilot.json"

@@ -281,6 +281,7 @@ class _Runner:
         self.settings = preset.settings
         self.done = 0
         self.reused = 0
+        self.run_seconds = 0.0  # wall time of every run this comparison uses, reused or not
         self.configs: dict[str, Any] = {}  # method -> its adapter config, as recorded
 
     def _path(self, task: str, method: Method, purpose: str) -> Path:
@@ -297,6 +298,7 @@ class _Runner:
             # this method's run: redo it (records written before configs were kept are trusted)
             if "config" not in data or config is None or data["config"] == config:
                 self.reused += 1
+                self.run_seconds += float(data.get("wall_seconds") or 0)
                 return data
             self.log(
                 f"  {method.label} {purpose}: recorded with another config "
@@ -311,6 +313,7 @@ class _Runner:
             data["config"] = config
         write_json(path, data)
         self.done += 1
+        self.run_seconds += data["wall_seconds"]
         if self.on_run is not None:
             self.on_run(data)
         return data
@@ -687,6 +690,9 @@ def compare(
         write_reports(results, out)  # after every task: a partial report survives a crash
     results["total_seconds"] = before + time.perf_counter() - start
     results["runs_done"], results["runs_reused"] = runner.done, runner.reused
+    # the runs' own wall time: what the comparison costs on this machine, however many
+    # sessions (or processes sharing out its runs) it took
+    results["run_seconds"] = runner.run_seconds
     write_reports(results, out)
     return results
 

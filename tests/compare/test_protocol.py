@@ -383,6 +383,9 @@ def test_resume_after_a_kill_redoes_no_finished_run(tmp_path):
         assert mine["accuracy"] == entry["tasks"]["synthetic"]["accuracy"]
         assert mine["lr"] == entry["tasks"]["synthetic"]["lr"]
     assert results["runs_done"] + results["runs_reused"] == reference["runs_done"]
+    # every run's wall time counts once, whether this session ran it or read it back
+    walls = [json.loads(p.read_text())["wall_seconds"] for p in after]
+    assert results["run_seconds"] == pytest.approx(sum(walls))
 
 
 def test_cli_resume_takes_no_other_options(tmp_path, capsys):
