@@ -191,7 +191,9 @@ def _compare(args: argparse.Namespace) -> int:
     out = args.resume or args.out
     try:
         preset = _compare_preset(args)
-        results = compare(preset, out, resume=bool(args.resume), overwrite=args.overwrite)
+        results = compare(
+            preset, out, resume=bool(args.resume), overwrite=args.overwrite, workers=args.workers
+        )
     except KeyboardInterrupt:
         print(
             f"\ntera compare: interrupted; every finished run is saved in {out}/runs. "
@@ -266,6 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="compare-results")
     p.add_argument("--resume", metavar="DIR", help="continue the comparison saved in DIR")
     p.add_argument("--overwrite", action="store_true", help="discard a comparison in --out")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run the (task, method) units in N processes, each with 1/N of the torch "
+        "threads (on CPU cores often faster than one process); also with --resume",
+    )
     p.set_defaults(func=_compare)
     p = sub.add_parser("params", help="Params (%%) of each method for a model, built on meta")
     p.add_argument("model", help=f"one of {', '.join(BUNDLED_CONFIGS)} or a config.json")

@@ -81,7 +81,7 @@ from tera.compare.train import (
     prepare,
     trainable_state,
 )
-from tera.errors import LoadError, TeraError
+from tera.errors import ConfigError, LoadError, TeraError
 
 __all__ = [
     "MODEL_KINDS",
@@ -589,6 +589,7 @@ def compare(
     resume: bool = False,
     overwrite: bool = False,
     on_run: Callable[[dict[str, Any]], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run the comparison described by ``preset`` and write the reports to ``out``.
 
@@ -616,6 +617,12 @@ def compare(
         Discard a comparison saved in ``out`` and start again.
     on_run : callable, optional
         Called with each run's record right after it is written.
+    workers : int
+        With more than 1, the (task, method) units run first in that many processes
+        (spawned, each with an equal share of this process's torch threads;
+        :func:`run_unit`), then this process reads their records back and writes the
+        reports. The records, hence the results, are the ones a single process writes with
+        the same number of threads per run; ``on_run`` sees only the runs of this process.
 
     Returns
     -------
@@ -633,6 +640,8 @@ def compare(
     out = Path(out)
     kind = model_kind(preset.model, preset.kind)
     methods = [for_model_kind(m, kind) for m in parse_methods(preset.methods)]
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}; use 1 for one process")
     _prepare_out(out, preset, resume, overwrite)
     runner = _Runner(preset, out, log, on_run)
     start = time.perf_counter()
@@ -649,35 +658,15 @@ def compare(
         "tasks": {},
         "methods": {m.name: _method_entry(m) for m in methods},
     }
+    if workers > 1:
+        from tera.compare.workers import run_in_processes
+
+        units = [(preset, str(out), t, m.name) for t in preset.tasks for m in methods]
+        log(f"{len(units)} (task, method) units over {min(workers, len(units))} processes")
+        run_in_processes(run_unit, units, workers)
     for index, task_name in enumerate(preset.tasks):
-        task = load_task(task_name)
-        sizes = fit_split_sizes(len(task), preset.n_train, preset.n_validation, preset.n_test)
-        n_train, n_validation, n_test = sizes
-        splits = make_splits(task, n_train, n_validation, n_test, seed=0)
-        label = task.name if task_name == task.name else task_name
-        results["tasks"][label] = {
-            "name": task.name,
-            "rows": len(task),
-            "n_train": len(splits.train),
-            "n_validation": len(splits.validation),
-            "n_test": len(splits.test),
-            "majority_accuracy": constant_baseline(splits.train, splits.test),
-            "validation_majority_accuracy": constant_baseline(splits.train, splits.validation),
-            "task_majority_accuracy": task.majority_accuracy,
-        }
-        shrunk = (
-            ""
-            if sum(sizes) == preset.n_train + preset.n_validation + preset.n_test
-            else (" (the task is smaller than the preset's splits: shrunk in proportion)")
-        )
-        log(
-            f"{label}: {len(task)} rows; {len(splits.train)} train / {len(splits.validation)} "
-            f"validation / {len(splits.test)} test{shrunk}"
-        )
-        loaders = {
-            s: model_loader(preset.model, task, s, preset.kind, preset.targets)
-            for s in range(max(preset.seeds, 1))
-        }
+        label, info, splits, loaders = _task_setup(preset, task_name, log)
+        results["tasks"][label] = info
         if index == 0:
             methods, runner.configs = _check_methods(methods, loaders[0], log)
             results["methods"] = {m.name: _method_entry(m) for m in methods}
@@ -695,6 +684,66 @@ def compare(
     results["run_seconds"] = runner.run_seconds
     write_reports(results, out)
     return results
+
+
+def _task_setup(
+    preset: Preset, task_name: str, log: Callable[[str], None]
+) -> tuple[str, dict[str, Any], Splits, dict[int, Callable[[], LoadedModel]]]:
+    """A task's report name, ``results.json`` entry, splits and model loader per seed."""
+    task = load_task(task_name)
+    sizes = fit_split_sizes(len(task), preset.n_train, preset.n_validation, preset.n_test)
+    n_train, n_validation, n_test = sizes
+    splits = make_splits(task, n_train, n_validation, n_test, seed=0)
+    label = task.name if task_name == task.name else task_name
+    info = {
+        "name": task.name,
+        "rows": len(task),
+        "n_train": len(splits.train),
+        "n_validation": len(splits.validation),
+        "n_test": len(splits.test),
+        "majority_accuracy": constant_baseline(splits.train, splits.test),
+        "validation_majority_accuracy": constant_baseline(splits.train, splits.validation),
+        "task_majority_accuracy": task.majority_accuracy,
+    }
+    shrunk = (
+        ""
+        if sum(sizes) == preset.n_train + preset.n_validation + preset.n_test
+        else (" (the task is smaller than the preset's splits: shrunk in proportion)")
+    )
+    log(
+        f"{label}: {len(task)} rows; {len(splits.train)} train / {len(splits.validation)} "
+        f"validation / {len(splits.test)} test{shrunk}"
+    )
+    loaders = {
+        s: model_loader(preset.model, task, s, preset.kind, preset.targets)
+        for s in range(max(preset.seeds, 1))
+    }
+    return label, info, splits, loaders
+
+
+def run_unit(preset: Preset, out: str, task_name: str, method_name: str) -> None:
+    """Run one (task, method) of a comparison: its trials and seeds, recorded in ``out/runs``.
+
+    What each process of :func:`compare` with ``workers > 1`` does; the records are the
+    ones the whole comparison would write (they depend only on the task, the method, the
+    rate and the seed), which :func:`compare` then reads back. No report is written and no
+    progress bar drawn; each log line is printed with the unit's name.
+    """
+    tag = f"[{task_name} | {method_name}]"
+
+    def log(line: str) -> None:
+        print(f"{tag} {line.strip()}", flush=True)
+
+    preset = dataclasses.replace(
+        preset, settings=dataclasses.replace(preset.settings, progress=False)
+    )
+    kind = model_kind(preset.model, preset.kind)
+    method = for_model_kind(parse_methods([method_name])[0], kind)
+    label, _, splits, loaders = _task_setup(preset, task_name, lambda line: None)
+    methods, configs = _check_methods([method], loaders[0], lambda line: None)
+    runner = _Runner(preset, Path(out), log, None)
+    runner.configs = configs
+    _run_method(runner, label, loaders, methods[0], splits, preset)
 
 
 def _run_method(
