@@ -289,11 +289,21 @@ def _folder_numbers(n: dict[str, Callable[[], str]], tag: str, r: dict) -> None:
 
     ``<tag>.<key>.mean`` (over every task and seed), ``<tag>.<task>.<key>.mean``, ``<tag>.<key>.params`` / ``.ratio`` (adapter parameters,
     and over TeRA's), ``<tag>.tera_vs_<key>.delta`` / ``.p`` (TeRA minus the method, paired
-    over (task, seed)) and the same per task, ``<tag>.<task>.<key>.lr``.
+    over (task, seed)) and the same per task, ``<tag>.<task>.<key>.lr`` and ``.val`` (the
+    chosen rate and its trial's validation accuracy), ``<tag>.<task>.majority`` and
+    ``.val_majority`` (the majority answer's test and validation accuracy).
     """
     from tera.compare.report import paired_accuracies, paired_test
 
     methods = r.get("methods", {})
+    for task, info in r.get("tasks", {}).items():  # the floors: the majority answer
+        n[f"{tag}.{_slug(task)}.majority"] = lambda i=info: (
+            f"{100 * i['majority_accuracy']:.1f} %"
+        )
+        if "validation_majority_accuracy" in info:
+            n[f"{tag}.{_slug(task)}.val_majority"] = lambda i=info: (
+                f"{100 * i['validation_majority_accuracy']:.1f} %"
+            )
     for key, method in methods.items():
         accs = [a for t in method["tasks"].values() for a in t["accuracy"]]
         if accs:
@@ -313,6 +323,10 @@ def _folder_numbers(n: dict[str, Callable[[], str]], tag: str, r: dict) -> None:
                 )
             if t.get("lr") is not None:
                 n[f"{tag}.{_slug(task)}.{key}.lr"] = lambda t=t: f"{t['lr']:g}"
+                if t.get("lr_search"):  # validation accuracy of the chosen rate's trial
+                    n[f"{tag}.{_slug(task)}.{key}.val"] = lambda t=t: (
+                        f"{100 * t['lr_search'][format(t['lr'], 'g')]:.1f} %"
+                    )
         if key == "tera" or "tera" not in methods:
             continue
         name = f"{tag}.tera_vs_{key}"

@@ -92,6 +92,7 @@ __all__ = [
     "load_task",
     "model_kind",
     "model_loader",
+    "run_unit",
     "saved_preset",
 ]
 
@@ -620,9 +621,10 @@ def compare(
     workers : int
         With more than 1, the (task, method) units run first in that many processes
         (spawned, each with an equal share of this process's torch threads;
-        :func:`run_unit`), then this process reads their records back and writes the
-        reports. The records, hence the results, are the ones a single process writes with
-        the same number of threads per run; ``on_run`` sees only the runs of this process.
+        :func:`~tera.compare.run.run_unit`), then this process reads their records back and
+        writes the reports. The records, hence the results, are the ones a single process
+        writes with the same number of threads per run; ``on_run`` sees only the runs of
+        this process.
 
     Returns
     -------

@@ -23,15 +23,13 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from tera.errors import ConfigError
 
 __all__ = ["run_in_processes", "threads_per_worker"]
-
-T = TypeVar("T")
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
@@ -45,8 +43,8 @@ def _start_worker(threads: int) -> None:
 
 
 def run_in_processes(
-    job: Callable[..., T], arguments: Sequence[tuple[Any, ...]], workers: int
-) -> list[T]:
+    job: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], workers: int
+) -> list[Any]:
     """Call ``job(*args)`` for every ``args`` in up to ``workers`` spawned processes.
 
     Each process takes the next job when it finishes one (no fixed split, so a long job
