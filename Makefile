@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check tera tests benchmarks
-	$(PY) -m ruff format --check tera tests benchmarks
+	$(PY) -m ruff check tera tests benchmarks scripts docs/_ext docs/conf.py
+	$(PY) -m ruff format --check tera tests benchmarks scripts docs/_ext docs/conf.py
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -35,12 +35,16 @@ COMPARE = REPO / "docs" / "results" / "compare-default"
 # -- Reading the results files -----------------------------------------------------------
 @dataclass
 class Table:
+    """A Markdown table of a results file: its header and one dict per row."""
+
     header: list[str]
     rows: list[dict[str, str]]
 
 
 @dataclass
 class ResultsFile:
+    """A benchmark's Markdown results file: its machine line, notes and tables."""
+
     path: Path
     machine: str
     notes: list[str] = field(default_factory=list)
@@ -99,6 +103,7 @@ def layer_row(name: str, j: int, tokens: int, variant: str) -> dict[str, str]:
 
 
 def layer_ms(name: str, j: int, tokens: int, variant: str) -> float:
+    """Median milliseconds of one variant in a layer-step table."""
     return _float(layer_row(name, j, tokens, variant)["ms"])
 
 
@@ -113,10 +118,12 @@ def layer_paired(name: str, j: int, tokens: int, variant: str) -> float:
 
 
 def layer_spread(name: str, j: int, tokens: int, variant: str) -> tuple[float, float]:
+    """The min..max of a variant's time over the base layer's, in a layer-step table."""
     return _range(layer_row(name, j, tokens, variant)["x base (min..max)"])
 
 
 def layer_floor(name: str, j: int, tokens: int, variant: str) -> float:
+    """A variant's FLOP estimate over the base layer's, in a layer-step table."""
     return _float(layer_row(name, j, tokens, variant)["FLOPs x base"])
 
 
@@ -131,6 +138,7 @@ def memory_row(name: str, variant: str) -> tuple[float, float]:
 
 
 def model_ms(name: str, method: str, column: str = "train step ms") -> float:
+    """A method's (or model's) milliseconds in a column of a model-step table."""
     for table in results_file(name).tables:
         for row in table.rows:
             if method in (row.get("method"), row.get("model")) and column in row:
@@ -139,6 +147,7 @@ def model_ms(name: str, method: str, column: str = "train step ms") -> float:
 
 
 def model_spread(name: str, method: str) -> tuple[float, float]:
+    """The min..max of a method's train step over the base model's, in a model-step table."""
     for table in results_file(name).tables:
         for row in table.rows:
             if method in (row.get("method"), row.get("model")):
@@ -147,6 +156,7 @@ def model_spread(name: str, method: str) -> tuple[float, float]:
 
 
 def sizes_row(variant: str) -> dict[str, str]:
+    """The row of one adapter in ``adapter_sizes.md``."""
     for row in results_file("adapter_sizes").tables[0].rows:
         if row["adapter"] == variant:
             return row
@@ -203,11 +213,13 @@ def serve_target(kind: str, part: str, measure: str) -> bool:
 # -- The default comparison (accuracies) ---------------------------------------------------
 @functools.cache
 def compare_results() -> dict:
+    """The default comparison's ``results.json`` (empty when it is missing)."""
     path = COMPARE / "results.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def compare_mean(key: str) -> float:
+    """A method's mean test accuracy (%) over every task and seed of the default comparison."""
     method = compare_results()["methods"][key]
     accs = [a for t in method["tasks"].values() for a in t["accuracy"]]
     return 100 * statistics.fmean(accs)
@@ -287,9 +299,10 @@ def _paired_text(test: dict) -> str:
 def _folder_numbers(n: dict[str, Callable[[], str]], tag: str, r: dict) -> None:
     """Names for one comparison's results.
 
-    ``<tag>.<key>.mean`` (over every task and seed), ``<tag>.<task>.<key>.mean``, ``<tag>.<key>.params`` / ``.ratio`` (adapter parameters,
-    and over TeRA's), ``<tag>.tera_vs_<key>.delta`` / ``.p`` (TeRA minus the method, paired
-    over (task, seed)) and the same per task, ``<tag>.<task>.<key>.lr`` and ``.val`` (the
+    ``<tag>.<key>.mean`` (over every task and seed), ``<tag>.<task>.<key>.mean``,
+    ``<tag>.<key>.params`` / ``.ratio`` (adapter parameters, and over TeRA's),
+    ``<tag>.tera_vs_<key>.delta`` / ``.p`` (TeRA minus the method, paired over (task, seed))
+    and the same per task, ``<tag>.<task>.<key>.lr`` and ``.val`` (the
     chosen rate and its trial's validation accuracy), ``<tag>.<task>.majority`` and
     ``.val_majority`` (the majority answer's test and validation accuracy).
     """
@@ -297,9 +310,7 @@ def _folder_numbers(n: dict[str, Callable[[], str]], tag: str, r: dict) -> None:
 
     methods = r.get("methods", {})
     for task, info in r.get("tasks", {}).items():  # the floors: the majority answer
-        n[f"{tag}.{_slug(task)}.majority"] = lambda i=info: (
-            f"{100 * i['majority_accuracy']:.1f} %"
-        )
+        n[f"{tag}.{_slug(task)}.majority"] = lambda i=info: f"{100 * i['majority_accuracy']:.1f} %"
         if "validation_majority_accuracy" in info:
             n[f"{tag}.{_slug(task)}.val_majority"] = lambda i=info: (
                 f"{100 * i['validation_majority_accuracy']:.1f} %"

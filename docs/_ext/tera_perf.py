@@ -85,6 +85,7 @@ def _speed_panel(ax, name: str, j: int, paired: bool) -> None:  # type: ignore[n
 
 
 def speed_cpu() -> Figure:
+    """The CPU speed figure: each adapter's layer step over the base layer's, J = 1024 and 2048."""
     fig = _figure(9.5, 4.4)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, j in zip(axes, (1024, 2048), strict=True):
@@ -96,6 +97,7 @@ def speed_cpu() -> Figure:
 
 
 def speed_gpu() -> Figure:
+    """The GPU speed figure: the layer step over the base layer's in bfloat16 and float32."""
     fig = _figure(9.5, 4.4)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, name, dtype in zip(axes, (tn.BF16, tn.FP32), ("bfloat16", "float32"), strict=True):
@@ -107,6 +109,7 @@ def speed_gpu() -> Figure:
 
 
 def memory() -> Figure:
+    """The memory figure: what training holds beyond the base layer, per adapter."""
     fig = _figure(9.5, 4.2)
     axes = fig.subplots(1, 2, sharey=False)
     for ax, name, title in (
@@ -133,6 +136,7 @@ def memory() -> Figure:
 
 
 def model_step() -> Figure:
+    """The SmolLM2-135M figure: the train step and the forward over the base model's."""
     fig = _figure(9.5, 3.6)
     axes = fig.subplots(1, 2)
     for ax, name, title in (
@@ -179,6 +183,7 @@ def _esc(text: str) -> str:
 
 
 def layer_table(name: str, paired: bool) -> str:
+    """A layer-step table for the docs (with the paired ratios when ``paired``)."""
     rf = tn.results_file(name)
     if paired:
         head = (
@@ -203,6 +208,7 @@ def layer_table(name: str, paired: bool) -> str:
 
 
 def memory_table(name: str) -> str:
+    """The memory table of a layer-step results file, for the docs."""
     table = tn.results_file(name).tables[1]
     lines = [
         "| " + " | ".join(_esc(h) for h in table.header) + " |",
@@ -213,6 +219,7 @@ def memory_table(name: str) -> str:
 
 
 def model_table(name: str) -> str:
+    """The SmolLM2-135M step table, with each method's time over LoRA's, for the docs."""
     rf = tn.results_file(name)
     lora = tn.model_ms(name, "LoRA (r=32)")
     base = tn.model_ms(name, "base model", "forward ms")
@@ -241,6 +248,7 @@ def model_table(name: str) -> str:
 
 
 def half_table() -> str:
+    """The GPU half-precision policy table, for the docs."""
     rf = tn.results_file("gpu_half_policy")
     t = rf.tables[0]
     keep = [h for h in t.header if h != "x base (min..max)"]
@@ -260,6 +268,7 @@ def half_table() -> str:
 
 
 def sizes_table() -> str:
+    """The adapter sizes table (trainable, Params (%), bytes per step and saved), for the docs."""
     rf = tn.results_file("adapter_sizes")
     lines = [
         "| adapter | trainable | Params (%) | all-reduced per step / held (float32) | saved "
