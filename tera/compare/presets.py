@@ -124,9 +124,9 @@ PRESETS: dict[str, Preset] = {
             steps=200, batch_size=4, max_length=96, warmup_steps=20, eval_batch_size=16
         ),
         budget=(
-            "not yet run end to end; estimated 2-3 h on 2 idle CPU cores (a measured "
-            "0.7-1.0 s step of batch 4 x ~96 tokens, ~36 runs of 200 steps plus evaluation); "
-            "not yet timed on a GPU"
+            "measured: 3.7 h of run time at one torch thread (44 runs of 200 steps plus "
+            "evaluation, summed), run as two processes side by side on 2 shared CPU cores: "
+            "about 3 h wall; not yet timed on a GPU"
         ),
     ),
     "paper-gpu": Preset(
