@@ -399,11 +399,13 @@ def markdown_table(results: dict[str, Any]) -> str:
                 "",
             ]
     ratios = parameter_ratios(results)
+    # a causal LM trains no head: its column would be zeros only, and the table too wide
+    heads = any(e.get("head_params", 0) for e in results["methods"].values())
     header = [
         "Method",
         "Params (%)",
         f"x {ref_label} params",
-        "Head params",
+        *(["Head params"] if heads else []),
         *tasks,
         "Average",
         f"Δ ({ref_label} - row) [95% CI]",
@@ -421,7 +423,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             entry["label"],
             f"{_percent(entry):.4f}",
             ratio_cell,
-            f"{entry.get('head_params', 0):,d}",
+            *([f"{entry.get('head_params', 0):,d}"] if heads else []),
         ]
         means = []
         for task in tasks:

@@ -42,6 +42,7 @@ def test_smoke_writes_every_report(smoke):
     table = (out / "results.md").read_text()
     for e in results["methods"].values():
         assert e["label"] in table
+    assert "| Head params |" in table  # a classifier's methods train a head: shown
 
 
 def test_smoke_runs_are_fair_and_complete(smoke):
@@ -256,6 +257,10 @@ def test_causal_lm_path_scores_choices_by_likelihood(tmp_path):
         assert 0.0 <= task["accuracy"][0] <= 1.0
         assert (len(task["losses"][0]) == 0) == (name == "head")
         assert e["head_params"] == 0
+    # no method trains a head: the report leaves out that all-zero column
+    report = (tmp_path / "results.md").read_text().splitlines()
+    header = next(line for line in report if line.startswith("| Method"))
+    assert "Head params" not in header and "synthetic" in header
     assert results["methods"]["tera"]["tasks"]["synthetic"]["ranks"]
     # "head" on a causal LM has nothing to train: it is the zero-shot baseline, evaluated
     # without a learning-rate search or a single step, with 0 trainable parameters
