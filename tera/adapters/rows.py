@@ -537,10 +537,6 @@ class RowBank:
         """Adapter ``name`` as the files of an adapter folder (what ``load_adapter`` reads)."""
         return io.tera_folder(self.adapter_meta(), self.state(name))
 
-    def export(self, name: str, directory: Any) -> None:
-        """Write adapter ``name`` as an adapter folder, atomically."""
-        io.write_folders(directory, {"": self.folder(name)})
-
 
 class AdapterRows:
     """A model's row adapters: its banks, which bank holds each name, the names refused.
