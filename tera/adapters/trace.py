@@ -26,6 +26,7 @@ Examples
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,11 +49,11 @@ class PathTrace(Mapping[nn.Module, "EvalPath"]):
     """
 
     def __init__(self) -> None:
-        self._paths: dict[int, tuple[nn.Module, EvalPath]] = {}
+        self._paths: dict[nn.Module, EvalPath] = {}  # modules hash by identity
 
     def __getitem__(self, layer: nn.Module) -> EvalPath:
         try:
-            return self._paths[id(layer)][1]
+            return self._paths[layer]
         except KeyError:
             raise KeyError(
                 f"this {type(layer).__name__} ran no plain adapter call inside the trace "
@@ -60,19 +61,16 @@ class PathTrace(Mapping[nn.Module, "EvalPath"]):
             ) from None
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return (layer for layer, _ in self._paths.values())
+        return iter(self._paths)
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def _record(self, layer: nn.Module, path: EvalPath) -> None:
-        self._paths[id(layer)] = (layer, path)
+        self._paths[layer] = path
 
     def __repr__(self) -> str:
-        counts: dict[str, int] = {}
-        for _, path in self._paths.values():
-            counts[path] = counts.get(path, 0) + 1
-        return f"PathTrace({len(self)} layers: {counts})"
+        return f"PathTrace({len(self)} layers: {dict(Counter(self._paths.values()))})"
 
 
 _TRACE: ContextVar[PathTrace | None] = ContextVar("tera_path_trace", default=None)
