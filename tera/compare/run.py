@@ -81,7 +81,8 @@ from tera.compare.train import (
     prepare,
     trainable_state,
 )
-from tera.errors import ConfigError, LoadError, TeraError
+from tera.compare.workers import check_workers, run_in_processes
+from tera.errors import LoadError, TeraError
 
 __all__ = [
     "MODEL_KINDS",
@@ -642,8 +643,7 @@ def compare(
     out = Path(out)
     kind = model_kind(preset.model, preset.kind)
     methods = [for_model_kind(m, kind) for m in parse_methods(preset.methods)]
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}; use 1 for one process")
+    check_workers(workers)  # before anything is written
     _prepare_out(out, preset, resume, overwrite)
     runner = _Runner(preset, out, log, on_run)
     start = time.perf_counter()
@@ -661,8 +661,6 @@ def compare(
         "methods": {m.name: _method_entry(m) for m in methods},
     }
     if workers > 1:
-        from tera.compare.workers import run_in_processes
-
         units = [(preset, str(out), t, m.name) for t in preset.tasks for m in methods]
         log(f"{len(units)} (task, method) units over {min(workers, len(units))} processes")
         run_in_processes(run_unit, units, workers)

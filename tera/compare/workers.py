@@ -29,7 +29,13 @@ import torch
 
 from tera.errors import ConfigError
 
-__all__ = ["run_in_processes", "threads_per_worker"]
+__all__ = ["check_workers", "run_in_processes", "threads_per_worker"]
+
+
+def check_workers(workers: int) -> None:
+    """Refuse a worker count below 1 with :class:`~tera.errors.ConfigError`."""
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}; use 1 for one process")
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
@@ -73,8 +79,7 @@ def run_in_processes(
     ConfigError
         ``workers`` below 1.
     """
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}; use 1 for one process")
+    check_workers(workers)
     if workers == 1 or len(arguments) <= 1:
         return [job(*args) for args in arguments]
     count = min(workers, len(arguments))
